@@ -1,1 +1,164 @@
-//! placeholder
+//! Shared helpers of the integration tests: the backend under test, fixtures, comparisons.
+
+use std::path::PathBuf;
+
+use burn::tensor::{DType, Device};
+use diffusion_core::{DeviceSpec, Precision, device::BACKEND_ENV};
+
+/// The device under test, from `DIFFUSION_BACKEND` (default `flex`).
+///
+/// # Panics
+/// With a clear message when the variable names a backend that is not compiled in.
+pub fn device() -> Device {
+    spec().open().unwrap_or_else(|e| panic!("{BACKEND_ENV}: {e}"))
+}
+
+/// The backend under test.
+pub fn spec() -> DeviceSpec {
+    DeviceSpec::from_env(BACKEND_ENV).unwrap_or_else(|e| panic!("{BACKEND_ENV}: {e}"))
+}
+
+/// The most precise float type the device computes in: f64 where it can, else f32.
+pub fn best_dtype(device: &Device) -> DType {
+    if device.supports_dtype(DType::F64) {
+        DType::F64
+    } else {
+        DType::F32
+    }
+}
+
+/// The precision of [`best_dtype`].
+pub fn best_precision(device: &Device) -> Precision {
+    Precision::of(best_dtype(device))
+}
+
+/// Whether the backend under test is the slow software-Vulkan one, where heavy tests
+/// use smaller sizes.
+pub fn is_slow_backend() -> bool {
+    matches!(
+        spec().backend,
+        diffusion_core::BackendKind::Wgpu | diffusion_core::BackendKind::NdArray
+    )
+}
+
+/// The path of a committed fixture file under `tests/fixtures/`.
+pub fn fixture_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+/// A committed JSON fixture.
+pub fn fixture(name: &str) -> serde_json::Value {
+    let path = fixture_path(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A JSON array of numbers as `Vec<f64>`.
+pub fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("expected an array, got {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap_or_else(|| panic!("expected a number, got {x}")))
+        .collect()
+}
+
+/// A JSON array of arrays of numbers, flattened row-major, with its row count.
+pub fn matrix(v: &serde_json::Value) -> (Vec<f64>, usize) {
+    let rows = v
+        .as_array()
+        .unwrap_or_else(|| panic!("expected an array of rows, got {v}"));
+    (rows.iter().flat_map(|r| floats(r)).collect(), rows.len())
+}
+
+/// The largest |a − b| / max(|b|, floor) over two slices: relative error with an absolute
+/// floor for values near 0.
+pub fn max_rel_err(a: &[f64], b: &[f64], floor: f64) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch: {} vs {}", a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| {
+            if x == y {
+                0.0
+            } else {
+                (x - y).abs() / y.abs().max(floor)
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Asserts [`max_rel_err`] ≤ `tol`, naming the case.
+#[track_caller]
+pub fn assert_close(what: &str, ours: &[f64], reference: &[f64], tol: f64) {
+    let err = max_rel_err(ours, reference, 1e-300);
+    assert!(
+        err <= tol,
+        "{what}: max relative error {err:.3e} > {tol:.1e}\n ours: {:?}\n  ref: {:?}",
+        &ours[..ours.len().min(6)],
+        &reference[..reference.len().min(6)]
+    );
+}
+
+/// Replays a fixed list of noise arrays, in order: the noise a reference implementation drew.
+pub struct Replay {
+    arrays: Vec<Vec<f64>>,
+    next: usize,
+}
+
+impl Replay {
+    /// From a JSON list of `[n][d]` arrays.
+    pub fn from_json(v: &serde_json::Value) -> Self {
+        let arrays = v
+            .as_array()
+            .map(|list| list.iter().map(|a| matrix(a).0).collect())
+            .unwrap_or_default();
+        Self { arrays, next: 0 }
+    }
+
+    /// How many arrays were consumed.
+    pub fn consumed(&self) -> usize {
+        self.next
+    }
+
+    /// How many arrays there are.
+    pub fn len(&self) -> usize {
+        self.arrays.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.arrays.is_empty()
+    }
+}
+
+impl diffusion_core::noise::NoiseSource for Replay {
+    fn normal(&mut self, n: usize, features: usize) -> Vec<f64> {
+        let a = self.arrays.get(self.next).unwrap_or_else(|| {
+            panic!(
+                "the sampler asked for noise draw {} of {}",
+                self.next + 1,
+                self.arrays.len()
+            )
+        });
+        assert_eq!(
+            a.len(),
+            n * features,
+            "noise draw {} has the wrong size",
+            self.next
+        );
+        self.next += 1;
+        a.clone()
+    }
+}
+
+/// The mixture of `tests/fixtures/gmm2d.json`.
+pub fn gmm2d() -> diffusion_samplers::GaussianMixture {
+    diffusion_samplers::GaussianMixture::from_json(&fixture_path("gmm2d.json")).expect("fixture mixture")
+}
+
+/// A `[n, d]` tensor from row-major host values, on `device` in `dtype`.
+pub fn tensor2(values: Vec<f64>, n: usize, device: &Device, dtype: DType) -> burn::tensor::Tensor<2> {
+    let d = values.len() / n;
+    diffusion_core::tensor::from_f64(values, [n, d], device, dtype)
+}

@@ -1,0 +1,40 @@
+//! The error type of `diffusion-ddpm`.
+
+/// Bad input to the forward process or a loss.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DdpmError {
+    /// A timestep outside 0 … T−1.
+    #[error("timestep {t} is outside the schedule (0 ..= {max})")]
+    TimestepOutOfRange {
+        /// The timestep.
+        t: usize,
+        /// The largest valid timestep, T−1.
+        max: usize,
+    },
+    /// Two tensors that must have the same shape do not.
+    #[error("{what}: shapes differ, {left:?} vs {right:?}")]
+    ShapeMismatch {
+        /// What was compared.
+        what: &'static str,
+        /// The first shape.
+        left: Vec<usize>,
+        /// The second shape.
+        right: Vec<usize>,
+    },
+    /// A per-sample list whose length is not the batch size.
+    #[error("{what}: {got} values for a batch of {batch}")]
+    BatchMismatch {
+        /// Which list.
+        what: &'static str,
+        /// Its length.
+        got: usize,
+        /// The batch size.
+        batch: usize,
+    },
+    /// A prediction name we do not know.
+    #[error("unknown prediction type `{0}`: expected epsilon, sample, v_prediction or score")]
+    UnknownPrediction(String),
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T, E = DdpmError> = std::result::Result<T, E>;

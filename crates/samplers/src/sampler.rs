@@ -1,0 +1,33 @@
+//! What every sampler returns, and the trait they share.
+
+use burn::tensor::Tensor;
+use diffusion_core::noise::NoiseSource;
+
+use crate::denoiser::Denoiser;
+
+/// The result of a sampling run.
+#[derive(Clone, Debug)]
+pub struct SampleOutput {
+    /// The final samples, `[n, features]`.
+    pub x: Tensor<2>,
+    /// The number of denoiser evaluations (function evaluations, NFE).
+    pub nfe: usize,
+}
+
+/// A sampler: turns initial noise into samples by repeated calls to a denoiser.
+pub trait Sampler {
+    /// The standard deviation the initial noise must have: `x_init = z · init_noise_sigma()`
+    /// for standard normal z (1 for VP samplers, σ_max for VE grids).
+    fn init_noise_sigma(&self) -> f64;
+
+    /// Runs the sampler from `x` (already scaled by [`init_noise_sigma`](Self::init_noise_sigma)).
+    /// Stochastic samplers draw their noise from `noise`, in a documented order, so that a
+    /// run is reproducible and sample i does not depend on the rest of the batch.
+    fn sample(&self, denoiser: &dyn Denoiser, x: Tensor<2>, noise: &mut dyn NoiseSource) -> SampleOutput;
+}
+
+/// Standard normal noise shaped and typed like `x`.
+pub(crate) fn noise_like(noise: &mut dyn NoiseSource, x: &Tensor<2>) -> Tensor<2> {
+    let [n, f] = x.dims();
+    noise.normal_tensor(n, f, &x.device(), x.dtype())
+}

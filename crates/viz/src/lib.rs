@@ -1,0 +1,288 @@
+//! # diffusion-viz
+//!
+//! Figures as PNG files, with no system dependencies (the DejaVu Sans font is embedded;
+//! its licence is in `assets/LICENSE_DEJAVU`):
+//!
+//! - [`scatter`]: 2-D point clouds, e.g. samples against data;
+//! - [`line_plot`]: curves on linear or logarithmic axes, e.g. loss curves or error vs NFE.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+/// A figure that could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot draw {path}: {reason}")]
+pub struct PlotError {
+    /// The output file.
+    pub path: String,
+    /// What went wrong.
+    pub reason: String,
+}
+
+/// Shorthand for results of this crate.
+pub type Result<T> = std::result::Result<T, PlotError>;
+
+const FONT: &[u8] = include_bytes!("../assets/DejaVuSans.ttf");
+
+fn register_font() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // The embedded font is valid; a failure here would be a packaging bug.
+        plotters::style::register_font("sans-serif", FontStyle::Normal, FONT)
+            .unwrap_or_else(|_| panic!("the embedded DejaVu Sans font does not load"));
+    });
+}
+
+/// A colour as RGB.
+pub type Rgb = (u8, u8, u8);
+
+/// A palette of distinguishable colours (Tableau 10).
+pub const PALETTE: [Rgb; 8] = [
+    (31, 119, 180),
+    (255, 127, 14),
+    (44, 160, 44),
+    (214, 39, 40),
+    (148, 103, 189),
+    (140, 86, 75),
+    (227, 119, 194),
+    (127, 127, 127),
+];
+
+/// A named 2-D point cloud.
+#[derive(Clone, Copy, Debug)]
+pub struct Points<'a> {
+    /// The legend label.
+    pub label: &'a str,
+    /// The points, row-major `[n, 2]`.
+    pub xy: &'a [f64],
+    /// The colour.
+    pub color: Rgb,
+}
+
+/// A named curve.
+#[derive(Clone, Copy, Debug)]
+pub struct Curve<'a> {
+    /// The legend label.
+    pub label: &'a str,
+    /// The x values.
+    pub x: &'a [f64],
+    /// The y values.
+    pub y: &'a [f64],
+    /// The colour.
+    pub color: Rgb,
+}
+
+/// Axis options of a line plot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Axes<'a> {
+    /// The label of the x axis.
+    pub x_label: &'a str,
+    /// The label of the y axis.
+    pub y_label: &'a str,
+    /// Logarithmic x axis.
+    pub log_x: bool,
+    /// Logarithmic y axis.
+    pub log_y: bool,
+}
+
+fn err(path: &Path, e: impl std::fmt::Display) -> PlotError {
+    PlotError {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn rgb(c: Rgb) -> RGBColor {
+    RGBColor(c.0, c.1, c.2)
+}
+
+/// The range of values, padded by 5% (and widened if degenerate).
+fn padded(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (lo, hi) = values
+        .filter(|v| v.is_finite())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
+    if !lo.is_finite() {
+        return (-1.0, 1.0);
+    }
+    let pad = ((hi - lo) * 0.05).max(1e-9);
+    (lo - pad, hi + pad)
+}
+
+/// Draws point clouds on common axes into a PNG of `size` pixels. Non-finite points are
+/// skipped. With `range` = `Some(((x0, x1), (y0, y1)))` the axes are fixed.
+pub fn scatter(
+    path: &Path,
+    title: &str,
+    clouds: &[Points<'_>],
+    size: (u32, u32),
+    range: Option<((f64, f64), (f64, f64))>,
+) -> Result<()> {
+    register_font();
+    let ((x0, x1), (y0, y1)) = range.unwrap_or_else(|| {
+        let xs = clouds.iter().flat_map(|c| c.xy.chunks_exact(2).map(|p| p[0]));
+        let ys = clouds.iter().flat_map(|c| c.xy.chunks_exact(2).map(|p| p[1]));
+        (padded(xs), padded(ys))
+    });
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(path, e))?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(|e| err(path, e))?;
+    for cloud in clouds {
+        let color = rgb(cloud.color);
+        let points = cloud
+            .xy
+            .chunks_exact(2)
+            .filter(|p| p[0].is_finite() && p[1].is_finite())
+            .map(move |p| Circle::new((p[0], p[1]), 1, color.mix(0.5).filled()));
+        chart
+            .draw_series(points)
+            .map_err(|e| err(path, e))?
+            .label(cloud.label)
+            .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(|e| err(path, e))?;
+    root.present().map_err(|e| err(path, e))
+}
+
+/// Draws curves into a PNG of `size` pixels; logarithmic axes plot log₁₀ of the values
+/// (non-positive values are skipped there) with ticks labelled in powers of ten.
+pub fn line_plot(
+    path: &Path,
+    title: &str,
+    curves: &[Curve<'_>],
+    axes: Axes<'_>,
+    size: (u32, u32),
+) -> Result<()> {
+    register_font();
+    let tx = |v: f64| if axes.log_x { v.log10() } else { v };
+    let ty = |v: f64| if axes.log_y { v.log10() } else { v };
+    let valid = |x: f64, y: f64| tx(x).is_finite() && ty(y).is_finite();
+    let xs = curves.iter().flat_map(|c| {
+        c.x.iter()
+            .zip(c.y)
+            .filter(|(x, y)| valid(**x, **y))
+            .map(|(x, _)| tx(*x))
+    });
+    let ys = curves.iter().flat_map(|c| {
+        c.x.iter()
+            .zip(c.y)
+            .filter(|(x, y)| valid(**x, **y))
+            .map(|(_, y)| ty(*y))
+    });
+    let ((x0, x1), (y0, y1)) = (padded(xs), padded(ys));
+    let root = BitMapBackend::new(path, size).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(path, e))?;
+    let fmt = |log: bool| {
+        move |v: &f64| {
+            if log {
+                format!("{:.0e}", 10f64.powf(*v))
+            } else {
+                format!("{v:.3}")
+            }
+        }
+    };
+    let (fx, fy) = (fmt(axes.log_x), fmt(axes.log_y));
+    chart
+        .configure_mesh()
+        .x_desc(axes.x_label)
+        .y_desc(axes.y_label)
+        .x_label_formatter(&fx)
+        .y_label_formatter(&fy)
+        .draw()
+        .map_err(|e| err(path, e))?;
+    for curve in curves {
+        let color = rgb(curve.color);
+        let pts: Vec<(f64, f64)> = curve
+            .x
+            .iter()
+            .zip(curve.y)
+            .filter(|(x, y)| valid(**x, **y))
+            .map(|(x, y)| (tx(*x), ty(*y)))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .map_err(|e| err(path, e))?
+            .label(curve.label)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 3, color.filled())))
+            .map_err(|e| err(path, e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| err(path, e))?;
+    root.present().map_err(|e| err(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_pngs() {
+        let dir = std::env::temp_dir().join(format!("diffusion-viz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a = [0.0, 0.0, 1.0, 1.0, f64::NAN, 2.0];
+        let path = dir.join("s.png");
+        scatter(
+            &path,
+            "test",
+            &[Points {
+                label: "a",
+                xy: &a,
+                color: PALETTE[0],
+            }],
+            (300, 300),
+            None,
+        )
+        .unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > 1000);
+        let path = dir.join("l.png");
+        let axes = Axes {
+            x_label: "NFE",
+            y_label: "error",
+            log_x: true,
+            log_y: true,
+        };
+        let curve = Curve {
+            label: "euler",
+            x: &[1.0, 10.0, 100.0],
+            y: &[1.0, 0.1, 0.0],
+            color: PALETTE[1],
+        };
+        line_plot(&path, "t", &[curve], axes, (300, 200)).unwrap();
+        assert!(std::fs::metadata(&path).unwrap().len() > 1000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,5 @@
+//! Cross-crate integration tests. One binary, run on every backend:
+//! `DIFFUSION_BACKEND=flex|ndarray|wgpu cargo test --release --workspace`.
+
+mod oracle;
+mod schedules_reference;
