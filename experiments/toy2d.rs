@@ -19,7 +19,7 @@ use diffusion_experiments::{CommonArgs, Result, Run, RunError, exit_on_error};
 use diffusion_metrics::sliced_wasserstein;
 use diffusion_samplers::{Ddim, Ddpm, DiscreteModel, Sampler, successive_steps};
 use diffusion_schedules::{DiscreteSchedule, TimestepSpacing, timesteps};
-use diffusion_train::{TrainConfig, train};
+use diffusion_train::{LrDecay, TrainConfig, train};
 use diffusion_viz::{Axes, Curve, PALETTE, Points, line_plot, scatter};
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +58,8 @@ struct ModelConfig {
 struct TrainSection {
     steps: usize,
     lr: f64,
+    warmup_steps: usize,
+    decay: LrDecay,
     weight_decay: f64,
     log_every: usize,
 }
@@ -142,6 +144,8 @@ fn run(args: &CommonArgs) -> Result<()> {
     let train_cfg = TrainConfig::new()
         .with_steps(cfg.train.steps)
         .with_lr(cfg.train.lr)
+        .with_warmup_steps(cfg.train.warmup_steps)
+        .with_decay(cfg.train.decay)
         .with_weight_decay(cfg.train.weight_decay)
         .with_log_every(cfg.train.log_every)
         .with_seed(cfg.seed);

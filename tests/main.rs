@@ -3,3 +3,4 @@
 
 mod oracle;
 mod schedules_reference;
+mod vp_samplers_reference;

@@ -18,9 +18,10 @@ pub fn spec() -> DeviceSpec {
     DeviceSpec::from_env(BACKEND_ENV).unwrap_or_else(|e| panic!("{BACKEND_ENV}: {e}"))
 }
 
-/// The most precise float type the device computes in: f64 where it can, else f32.
+/// The most precise float type the device computes in correctly: f64 where it can, else
+/// f32 (see [`BackendKind::computes_in`](diffusion_core::BackendKind::computes_in)).
 pub fn best_dtype(device: &Device) -> DType {
-    if device.supports_dtype(DType::F64) {
+    if spec().backend.computes_in(Precision::F64) && device.supports_dtype(DType::F64) {
         DType::F64
     } else {
         DType::F32
@@ -69,7 +70,7 @@ pub fn matrix(v: &serde_json::Value) -> (Vec<f64>, usize) {
     let rows = v
         .as_array()
         .unwrap_or_else(|| panic!("expected an array of rows, got {v}"));
-    (rows.iter().flat_map(|r| floats(r)).collect(), rows.len())
+    (rows.iter().flat_map(floats).collect(), rows.len())
 }
 
 /// The largest |a − b| / max(|b|, floor) over two slices: relative error with an absolute

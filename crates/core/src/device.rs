@@ -53,6 +53,15 @@ impl BackendKind {
         }
     }
 
+    /// Whether this backend computes correctly in `precision`.
+    ///
+    /// wgpu devices may report f64 support, yet f64 `exp` and `log` return wrong values on
+    /// Mesa's lavapipe (measured: a Gaussian-mixture log-density off by 30 nats), so f64 is
+    /// refused there; flex, ndarray and cuda compute in f64 correctly.
+    pub fn computes_in(self, precision: Precision) -> bool {
+        precision == Precision::F32 || self != Self::Wgpu
+    }
+
     /// The backends compiled into the running binary.
     pub fn compiled() -> Vec<BackendKind> {
         Self::ALL.into_iter().filter(|b| b.is_compiled()).collect()
@@ -191,7 +200,7 @@ impl DeviceSpec {
     /// tensors in the dtype of their inputs); binaries call this once at start-up.
     pub fn open_with(&self, precision: Precision) -> Result<Device> {
         let mut device = self.open()?;
-        if !device.supports_dtype(precision.dtype()) {
+        if !self.backend.computes_in(precision) || !device.supports_dtype(precision.dtype()) {
             return Err(Error::UnsupportedDtype {
                 backend: self.backend.name().into(),
                 dtype: precision.to_string(),

@@ -5,7 +5,7 @@
 //! - [`forward`]: q(x_t | x₀) in closed form on any discrete schedule;
 //! - [`parameterization`]: ε, x₀, v and score predictions and the conversions between them
 //!   (Tweedie's formula links the score to the denoiser);
-//! - [`loss`]: L_simple;
+//! - [`loss`]: the L_simple objective;
 //! - [`timesteps`]: training timestep samplers.
 
 pub mod error;

@@ -13,7 +13,7 @@ use diffusion_core::noise::{fill_normal, sample_rng};
 /// If a cloud is empty or its length is not a multiple of `dim`.
 pub fn sliced_wasserstein(a: &[f64], b: &[f64], dim: usize, projections: usize, seed: u64) -> f64 {
     assert!(
-        dim > 0 && a.len() % dim == 0 && b.len() % dim == 0,
+        dim > 0 && a.len().is_multiple_of(dim) && b.len().is_multiple_of(dim),
         "point clouds must be n × dim"
     );
     assert!(!a.is_empty() && !b.is_empty(), "point clouds must not be empty");

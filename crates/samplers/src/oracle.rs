@@ -105,7 +105,8 @@ impl GaussianMixture {
         if means.iter().flatten().any(|x| !x.is_finite()) {
             return bad("means must be finite".into());
         }
-        if weights.iter().any(|w| !(*w > 0.0)) || (weights.iter().sum::<f64>() - 1.0).abs() > 1e-9 {
+        if weights.iter().any(|w| w.is_nan() || *w <= 0.0) || (weights.iter().sum::<f64>() - 1.0).abs() > 1e-9
+        {
             return bad(format!("weights {weights:?} must be positive and sum to 1"));
         }
         if stds.iter().any(|s| !(*s > 0.0 && s.is_finite())) {

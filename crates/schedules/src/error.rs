@@ -92,8 +92,8 @@ pub(crate) fn positive(name: &'static str, x: f64) -> Result<f64> {
 /// Checks that `values` is strictly decreasing.
 pub(crate) fn strictly_decreasing(what: &'static str, values: &[f64]) -> Result<()> {
     for (i, pair) in values.windows(2).enumerate() {
-        // `!(a > b)` also rejects NaN.
-        if !(pair[0] > pair[1]) {
+        // `partial_cmp` is `None` for NaN, which is rejected too.
+        if pair[0].partial_cmp(&pair[1]) != Some(std::cmp::Ordering::Greater) {
             return Err(ScheduleError::NotMonotone {
                 what,
                 direction: "decreasing",

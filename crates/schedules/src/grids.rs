@@ -91,7 +91,7 @@ impl SigmaGrid {
         }
         positive("beta_d", beta_d)?;
         positive("eps_s", eps_s)?;
-        if !(beta_min >= 0.0) {
+        if beta_min.is_nan() || beta_min < 0.0 {
             return Err(ScheduleError::param(
                 "beta_min",
                 format!("{beta_min} must be >= 0"),

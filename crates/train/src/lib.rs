@@ -7,4 +7,4 @@ pub mod error;
 pub mod trainer;
 
 pub use error::TrainError;
-pub use trainer::{LogRecord, TrainConfig, train};
+pub use trainer::{LogRecord, LrDecay, TrainConfig, train};

@@ -33,6 +33,15 @@ pub struct TrainConfig {
     /// AdamW ε.
     #[config(default = 1e-8)]
     pub epsilon: f64,
+    /// Linear warm-up from 0 over this many steps.
+    #[config(default = 0)]
+    pub warmup_steps: usize,
+    /// After warm-up: `constant`, or `cosine` decay to `min_lr_ratio · lr` at the last step.
+    #[config(default = "LrDecay::Constant")]
+    pub decay: LrDecay,
+    /// The floor of the cosine decay, as a fraction of `lr`.
+    #[config(default = 0.0)]
+    pub min_lr_ratio: f64,
     /// Log the mean loss every this many steps.
     #[config(default = 100)]
     pub log_every: usize,
@@ -60,10 +69,43 @@ impl TrainConfig {
                 self.beta1, self.beta2
             ));
         }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad(format!("min_lr_ratio = {} must lie in [0, 1]", self.min_lr_ratio));
+        }
         if self.weight_decay < 0.0 || self.epsilon <= 0.0 {
             return bad("weight_decay must be >= 0 and epsilon > 0".into());
         }
         Ok(())
+    }
+}
+
+/// How the learning rate decays after warm-up.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrDecay {
+    /// No decay.
+    #[default]
+    Constant,
+    /// Half a cosine period from `lr` down to `min_lr_ratio · lr` (Loshchilov & Hutter 2017).
+    Cosine,
+}
+
+impl TrainConfig {
+    /// The learning rate of step k (0-based): linear warm-up to `lr` over `warmup_steps`,
+    /// reaching `lr` at step `warmup_steps − 1`, then the decay.
+    pub fn lr_at(&self, step: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        match self.decay {
+            LrDecay::Constant => self.lr,
+            LrDecay::Cosine => {
+                let span = (self.steps - self.warmup_steps).max(1) as f64;
+                let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+                let floor = self.lr * self.min_lr_ratio;
+                floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
     }
 }
 
@@ -112,7 +154,8 @@ pub fn train<M: Module>(
             Some(sum) => sum + detached,
             None => detached,
         });
-        model = optim.step(config.lr, model, grads);
+        let lr = config.lr_at(step);
+        model = optim.step(lr, model, grads);
         let done = step + 1;
         if done % config.log_every == 0 || done == config.steps {
             let count = (done - last.0) as f64;
@@ -128,7 +171,7 @@ pub fn train<M: Module>(
             let record = LogRecord {
                 step: done,
                 loss: mean,
-                lr: config.lr,
+                lr,
                 elapsed_s: elapsed,
                 steps_per_s: count / (elapsed - last.1).max(1e-9),
             };
@@ -138,4 +181,27 @@ pub fn train<M: Module>(
         }
     }
     Ok((model, log))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_then_cosine() {
+        let c = TrainConfig::new()
+            .with_steps(110)
+            .with_lr(1.0)
+            .with_warmup_steps(10)
+            .with_decay(LrDecay::Cosine)
+            .with_min_lr_ratio(0.1);
+        assert_eq!(c.lr_at(0), 0.1);
+        assert_eq!(c.lr_at(9), 1.0);
+        assert_eq!(c.lr_at(10), 1.0);
+        assert!((c.lr_at(60) - 0.55).abs() < 1e-12);
+        assert!((c.lr_at(109) - 0.1).abs() < 1e-3);
+        assert!(c.validate().is_ok());
+        assert!(c.clone().with_min_lr_ratio(2.0).validate().is_err());
+        assert!(TrainConfig::new().with_steps(0).validate().is_err());
+    }
 }
