@@ -1,6 +1,8 @@
 //! Cross-crate integration tests. One binary, run on every backend:
 //! `DIFFUSION_BACKEND=flex|ndarray|wgpu cargo test --release --workspace`.
 
+mod foundation;
 mod oracle;
+mod readme;
 mod schedules_reference;
 mod vp_samplers_reference;

@@ -2,7 +2,7 @@
 //!
 //! Evaluation of generative models:
 //!
-//! - [`sliced_wasserstein`]: SW₂ between point clouds (low-dimensional data).
+//! - [`sliced_wasserstein`](mod@sliced_wasserstein): SW₂ between point clouds (low-dimensional data).
 
 pub mod sliced_wasserstein;
 

@@ -200,15 +200,7 @@ pub fn line_plot(
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1, y0..y1)
         .map_err(|e| err(path, e))?;
-    let fmt = |log: bool| {
-        move |v: &f64| {
-            if log {
-                format!("{:.0e}", 10f64.powf(*v))
-            } else {
-                format!("{v:.3}")
-            }
-        }
-    };
+    let fmt = |log: bool| move |v: &f64| tick_label(if log { 10f64.powf(*v) } else { *v });
     let (fx, fy) = (fmt(axes.log_x), fmt(axes.log_y));
     chart
         .configure_mesh()
@@ -245,8 +237,39 @@ pub fn line_plot(
     root.present().map_err(|e| err(path, e))
 }
 
+/// A tick label with three significant digits and no trailing zeros: `500`, `0.281`, `1.5e-5`.
+pub fn tick_label(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let magnitude = v.abs().log10().floor() as i32;
+    if !(-3..5).contains(&magnitude) {
+        let text = format!("{v:.2e}");
+        let (mantissa, exp) = text.split_once('e').unwrap_or((&text, "0"));
+        let mantissa = mantissa.trim_end_matches('0').trim_end_matches('.');
+        return format!("{mantissa}e{exp}");
+    }
+    let decimals = (2 - magnitude).max(0) as usize;
+    let text = format!("{v:.decimals$}");
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn tick_labels_are_short() {
+        use super::tick_label;
+        assert_eq!(tick_label(500.0), "500");
+        assert_eq!(tick_label(0.28123), "0.281");
+        assert_eq!(tick_label(1.5e-5), "1.5e-5");
+        assert_eq!(tick_label(2500.0), "2500");
+        assert_eq!(tick_label(0.1), "0.1");
+    }
+
     use super::*;
 
     #[test]

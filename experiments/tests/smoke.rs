@@ -1,0 +1,79 @@
+//! Every experiment binary runs end to end on tiny settings and writes its run folder.
+
+use std::process::Command;
+
+fn run(bin: &str, args: &[&str]) -> std::process::Output {
+    Command::new(bin)
+        .args(args)
+        .output()
+        .expect("the experiment binary runs")
+}
+
+#[test]
+fn toy2d_writes_its_run_folder() {
+    let out = std::env::temp_dir().join(format!("toy2d-smoke-{}", std::process::id()));
+    let result = run(
+        env!("CARGO_BIN_EXE_toy2d"),
+        &[
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.steps=20",
+            "--set",
+            "train.log_every=10",
+            "--set",
+            "sample.steps=20",
+            "--set",
+            "sample.num_samples=64",
+            "--set",
+            "eval.reference_size=64",
+            "--set",
+            "data.name=checkerboard",
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    for file in [
+        "config.toml",
+        "loss.csv",
+        "loss.png",
+        "samples.npy",
+        "samples.png",
+        "metrics.json",
+    ] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["nfe"], 20);
+    assert!(metrics["sliced_wasserstein"].as_f64().unwrap().is_finite());
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(
+        config.contains("checkerboard") && config.contains("steps = 20"),
+        "{config}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn bad_options_are_one_clear_error() {
+    let out = std::env::temp_dir().join(format!("toy2d-bad-{}", std::process::id()));
+    for (args, message) in [
+        (vec!["--set", "train.stepz=5"], "unknown key `stepz`"),
+        (vec!["--set", "train.steps=many"], "expected a integer"),
+        (vec!["--set", "data.name=circles"], "unknown 2-D data set"),
+        (vec!["--backend", "tpu"], "unknown backend"),
+        (vec!["--set", "sample.sampler=euler"], "expected ddpm or ddim"),
+    ] {
+        let mut all = vec!["--out", out.to_str().unwrap(), "--set", "train.steps=1"];
+        all.extend(args);
+        let result = run(env!("CARGO_BIN_EXE_toy2d"), &all);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{all:?} succeeded");
+        assert!(stderr.contains(message), "{all:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -1,0 +1,51 @@
+# diffusion-lab tasks. Install just with `cargo install just`.
+# Every cargo command here builds the whole workspace with one feature set, so switching
+# between them never rebuilds burn.
+
+set positional-arguments
+
+# List the recipes.
+default:
+    @just --list
+
+# Run an experiment: `just exp toy2d --set train.steps=500`; without a name, list them.
+exp name="" *args:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    if [ -z "{{name}}" ]; then
+        echo "experiments (configs in experiments/configs/):"
+        for f in experiments/configs/*.toml; do
+            n=$(basename "$f" .toml)
+            printf '  %-16s %s\n' "$n" "$(head -n 1 "$f" | sed 's/^# *//')"
+        done
+        exit 0
+    fi
+    shift
+    cargo run --release --bin "{{name}}" -- "$@"
+
+# Run the whole test suite on flex (the README's test command).
+test *args:
+    cargo test --release --workspace "$@"
+
+# Run the same test binaries on another backend: ndarray or wgpu (no recompilation).
+test-backend name *args:
+    DIFFUSION_BACKEND={{name}} cargo test --release --workspace "${@:2}"
+
+# Formatting, lints and documentation, as CI checks them.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --release --workspace --all-targets -- -D warnings
+    RUSTDOCFLAGS="-D warnings" cargo doc --release --workspace --no-deps
+
+# Type-check the CUDA backend without downloading its LLVM bundle.
+check-cuda:
+    DOCS_RS=1 cargo check --release --workspace --features diffusion-tests/cuda
+
+# Regenerate the reference fixtures (needs the venv described in scripts/fixtures/README.md).
+fixtures python="python3":
+    {{python}} scripts/fixtures/schedules.py
+    {{python}} scripts/fixtures/samplers.py
+
+# Everything CI runs.
+ci:
+    .ci/run
