@@ -2,6 +2,7 @@
 //! `DIFFUSION_BACKEND=flex|ndarray|wgpu cargo test --release --workspace`.
 
 mod foundation;
+mod kdiffusion_reference;
 mod oracle;
 mod readme;
 mod schedules_reference;

@@ -6,7 +6,7 @@ use diffusion_core::noise::NoiseSource;
 
 use crate::denoiser::{Counted, Denoiser, eps_from_x0};
 use crate::level::NoiseLevel;
-use crate::sampler::{SampleOutput, Sampler, noise_like};
+use crate::sampler::{Observer, SampleOutput, Sampler, noise_like};
 use crate::vp_step::{VpStep, generalized_step};
 
 /// The DDIM sampler over a list of VP steps.
@@ -41,9 +41,15 @@ impl Sampler for Ddim {
         1.0
     }
 
-    fn sample(&self, denoiser: &dyn Denoiser, mut x: Tensor<2>, noise: &mut dyn NoiseSource) -> SampleOutput {
+    fn sample_observed(
+        &self,
+        denoiser: &dyn Denoiser,
+        mut x: Tensor<2>,
+        noise: &mut dyn NoiseSource,
+        observer: Observer<'_>,
+    ) -> SampleOutput {
         let counted = Counted::new(denoiser);
-        for step in &self.steps {
+        for (i, step) in self.steps.iter().enumerate() {
             let level = NoiseLevel::vp(step.alpha_bar).with_timestep(step.timestep);
             let x0 = counted.denoise(x.clone(), level);
             // ε̂ comes from the unclipped x̂₀, as diffusers' model output does.
@@ -52,6 +58,7 @@ impl Sampler for Ddim {
             let spread = self.spread(step);
             let z = (step.add_noise && spread > 0.0).then(|| (noise_like(noise, &eps), spread));
             x = generalized_step(step, x0, eps, spread, z);
+            observer(i, &x);
         }
         SampleOutput {
             x,

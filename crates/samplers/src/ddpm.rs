@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::ddim::clip;
 use crate::denoiser::{Counted, Denoiser, eps_from_x0};
 use crate::level::NoiseLevel;
-use crate::sampler::{SampleOutput, Sampler, noise_like};
+use crate::sampler::{Observer, SampleOutput, Sampler, noise_like};
 use crate::vp_step::{VpStep, generalized_step};
 
 /// The variance of the reverse step (diffusers' `variance_type`).
@@ -66,9 +66,15 @@ impl Sampler for Ddpm {
         1.0
     }
 
-    fn sample(&self, denoiser: &dyn Denoiser, mut x: Tensor<2>, noise: &mut dyn NoiseSource) -> SampleOutput {
+    fn sample_observed(
+        &self,
+        denoiser: &dyn Denoiser,
+        mut x: Tensor<2>,
+        noise: &mut dyn NoiseSource,
+        observer: Observer<'_>,
+    ) -> SampleOutput {
         let counted = Counted::new(denoiser);
-        for step in &self.steps {
+        for (i, step) in self.steps.iter().enumerate() {
             let level = NoiseLevel::vp(step.alpha_bar).with_timestep(step.timestep);
             let x0 = clip(counted.denoise(x.clone(), level), self.clip_sample);
             // The posterior mean is linear in (x̂₀, x_t); ε̂ from the clipped x̂₀ keeps it so.
@@ -78,6 +84,7 @@ impl Sampler for Ddpm {
                 .add_noise
                 .then(|| (noise_like(noise, &eps), self.variance.std(step)));
             x = generalized_step(step, x0, eps, spread, z);
+            observer(i, &x);
         }
         SampleOutput {
             x,

@@ -6,22 +6,39 @@
 //!
 //! - [`level`]: the noise level (α, σ) of x = α x₀ + σ ε;
 //! - [`denoiser`]: the interface, an evaluation counter and model wrappers;
-//! - [`vp_step`]: the generalised DDIM step shared by the VP samplers;
-//! - [`ddim`], [`ddpm`]: DDIM(η) and DDPM ancestral sampling;
-//! - [`oracle`]: the Gaussian-mixture oracle, an exact model in every form.
+//! - [`oracle`]: the Gaussian-mixture oracle, an exact model in every form;
+//! - VP samplers on discrete timesteps: [`ddpm`], [`ddim`] (sharing [`vp_step`]);
+//! - σ-grid samplers on the VE probability-flow ODE ([`ve`]): [`edm`] (Euler, Heun, DPM-2,
+//!   with churn), [`ancestral`] (Euler, DPM-2, DPM-Solver++(2S) ancestral), [`lms`],
+//!   [`dpmpp`] (DPM-Solver++ 2M, 2M SDE, 3M SDE), [`dpm_solver`] (DPM-Solver fast and
+//!   adaptive), all built on [`single_step`].
 
+pub mod ancestral;
 pub mod ddim;
 pub mod ddpm;
 pub mod denoiser;
+pub mod dpm_solver;
+pub mod dpmpp;
+pub mod edm;
 pub mod level;
+pub mod lms;
 pub mod oracle;
 pub mod sampler;
+pub mod single_step;
+pub mod ve;
 pub mod vp_step;
 
+pub use ancestral::AncestralSampler;
 pub use ddim::Ddim;
 pub use ddpm::{Ddpm, VarianceType};
 pub use denoiser::{Counted, Denoiser, DiscreteModel};
+pub use dpm_solver::{DpmSolverAdaptive, DpmSolverFast};
+pub use dpmpp::{DpmppMultistep, SolverType};
+pub use edm::EdmSampler;
 pub use level::NoiseLevel;
+pub use lms::Lms;
 pub use oracle::{GaussianMixture, TimestepInterpolation};
-pub use sampler::{SampleOutput, Sampler};
+pub use sampler::{Observer, SampleOutput, Sampler};
+pub use single_step::OdeMethod;
+pub use ve::{Churn, VeGrid, ancestral_step};
 pub use vp_step::{VpStep, successive_steps};

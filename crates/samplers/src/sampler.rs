@@ -14,16 +14,31 @@ pub struct SampleOutput {
     pub nfe: usize,
 }
 
+/// Called after every step with the step index and the current samples.
+pub type Observer<'a> = &'a mut dyn FnMut(usize, &Tensor<2>);
+
 /// A sampler: turns initial noise into samples by repeated calls to a denoiser.
 pub trait Sampler {
     /// The standard deviation the initial noise must have: `x_init = z · init_noise_sigma()`
     /// for standard normal z (1 for VP samplers, σ_max for VE grids).
     fn init_noise_sigma(&self) -> f64;
 
-    /// Runs the sampler from `x` (already scaled by [`init_noise_sigma`](Self::init_noise_sigma)).
-    /// Stochastic samplers draw their noise from `noise`, in a documented order, so that a
-    /// run is reproducible and sample i does not depend on the rest of the batch.
-    fn sample(&self, denoiser: &dyn Denoiser, x: Tensor<2>, noise: &mut dyn NoiseSource) -> SampleOutput;
+    /// Runs the sampler from `x` (already scaled by [`init_noise_sigma`](Self::init_noise_sigma)),
+    /// calling `observer` after every step. Stochastic samplers draw their noise from `noise`,
+    /// in a documented order, so that a run is reproducible and sample i does not depend on
+    /// the rest of the batch.
+    fn sample_observed(
+        &self,
+        denoiser: &dyn Denoiser,
+        x: Tensor<2>,
+        noise: &mut dyn NoiseSource,
+        observer: Observer<'_>,
+    ) -> SampleOutput;
+
+    /// Runs the sampler from `x` (see [`sample_observed`](Self::sample_observed)).
+    fn sample(&self, denoiser: &dyn Denoiser, x: Tensor<2>, noise: &mut dyn NoiseSource) -> SampleOutput {
+        self.sample_observed(denoiser, x, noise, &mut |_, _| {})
+    }
 }
 
 /// Standard normal noise shaped and typed like `x`.
