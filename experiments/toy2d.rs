@@ -223,7 +223,9 @@ fn run(args: &CommonArgs) -> Result<()> {
     let x_init = noise
         .normal_tensor(n, 2, &device, dtype)
         .mul_scalar(sampler.init_noise_sigma());
-    let out = sampler.sample(&denoiser, x_init, &mut noise);
+    let out = sampler
+        .sample(&denoiser, x_init, &mut noise)
+        .map_err(|e| fail(&e))?;
     let sample_seconds = start.elapsed().as_secs_f64();
     let samples = to_f64(&out.x);
     NpyArray::from_tensor(&out.x)

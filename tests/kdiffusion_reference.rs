@@ -89,7 +89,7 @@ fn deviation(case: &Value) -> f64 {
     let x = tensor2(z, n, &device, dtype).mul_scalar(init);
     let mut noise = Replay::from_json(&case["noise"]);
     let gm = gmm2d();
-    let out = sampler.sample(&gm, x, &mut noise);
+    let out = sampler.sample(&gm, x, &mut noise).unwrap();
     assert_eq!(
         out.nfe,
         case["nfe"].as_u64().unwrap() as usize,
@@ -148,7 +148,9 @@ fn discrete_eps_model_matches_k_diffusion() {
         let sampler = EdmSampler::new(grid(&case), OdeMethod::Euler);
         let (z, n) = matrix(&case["z"]);
         let x = tensor2(z, n, &device, dtype).mul_scalar(sampler.init_noise_sigma());
-        let out = sampler.sample(&denoiser, x, &mut Replay::from_json(&case["noise"]));
+        let out = sampler
+            .sample(&denoiser, x, &mut Replay::from_json(&case["noise"]))
+            .unwrap();
         let dev = max_rel_deviation(&to_f64(&out.x), &matrix(&case["x_final"]).0);
         assert!(dev < tolerance(), "{}: {dev:.2e}", case["name"]);
     }
@@ -176,7 +178,12 @@ fn per_sample_adaptive_does_not_depend_on_the_batch() {
             dtype,
         )
         .mul_scalar(80.0);
-        to_f64(&sampler.sample(&gm, x, &mut Replay::from_json(&Value::Null)).x)
+        to_f64(
+            &sampler
+                .sample(&gm, x, &mut Replay::from_json(&Value::Null))
+                .unwrap()
+                .x,
+        )
     };
     let all = run(0..6);
     let last = run(5..6);

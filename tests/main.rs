@@ -3,6 +3,7 @@
 
 mod foundation;
 mod kdiffusion_reference;
+mod ode;
 mod oracle;
 mod readme;
 mod schedules_reference;

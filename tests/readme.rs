@@ -24,7 +24,7 @@ fn readme_example_samples_the_mixture() -> Result<(), Box<dyn std::error::Error>
     )?;
     let mut noise = SampleNoise::range(0, 0..1000);
     let x = noise.normal_tensor(1000, 2, &device, precision.dtype());
-    let out = Ddim::new(steps, 0.0).sample(&oracle, x, &mut noise);
+    let out = Ddim::new(steps, 0.0).sample(&oracle, x, &mut noise)?;
     assert_eq!(out.nfe, 50);
     // Half the samples on each side, each mode at ±2 with spread 0.3.
     let v = diffusion_core::tensor::to_f64(&out.x);

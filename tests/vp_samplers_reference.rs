@@ -48,7 +48,7 @@ fn run_case(
     let (z, n) = matrix(&case["z"]);
     let x = tensor2(z, n, &device, dtype).mul_scalar(sampler.init_noise_sigma());
     let mut noise = Replay::from_json(&case["noise"]);
-    let out = sampler.sample(&denoiser, x, &mut noise);
+    let out = sampler.sample(&denoiser, x, &mut noise).unwrap();
     let reference = if dtype == DType::F64 {
         &case["x_final"]
     } else {

@@ -8,7 +8,7 @@ use diffusion_core::noise::NoiseSource;
 
 use crate::denoiser::{Counted, Denoiser};
 use crate::level::NoiseLevel;
-use crate::sampler::{Observer, SampleOutput, Sampler, noise_like};
+use crate::sampler::{Observer, SampleError, SampleOutput, Sampler, noise_like};
 use crate::single_step::OdeMethod;
 use crate::ve::{VeGrid, ancestral_step};
 
@@ -56,7 +56,7 @@ impl Sampler for AncestralSampler {
         mut x: Tensor<2>,
         noise: &mut dyn NoiseSource,
         observer: Observer<'_>,
-    ) -> SampleOutput {
+    ) -> Result<SampleOutput, SampleError> {
         let counted = Counted::new(denoiser);
         for i in 0..self.grid.steps() {
             let (sigma, sigma_next) = (self.grid.sigma(i), self.grid.sigma(i + 1));
@@ -74,9 +74,9 @@ impl Sampler for AncestralSampler {
             }
             observer(i, &x);
         }
-        SampleOutput {
+        Ok(SampleOutput {
             x,
             nfe: counted.nfe(),
-        }
+        })
     }
 }

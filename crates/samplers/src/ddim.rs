@@ -6,7 +6,7 @@ use diffusion_core::noise::NoiseSource;
 
 use crate::denoiser::{Counted, Denoiser, eps_from_x0};
 use crate::level::NoiseLevel;
-use crate::sampler::{Observer, SampleOutput, Sampler, noise_like};
+use crate::sampler::{Observer, SampleError, SampleOutput, Sampler, noise_like};
 use crate::vp_step::{VpStep, generalized_step};
 
 /// The DDIM sampler over a list of VP steps.
@@ -47,7 +47,7 @@ impl Sampler for Ddim {
         mut x: Tensor<2>,
         noise: &mut dyn NoiseSource,
         observer: Observer<'_>,
-    ) -> SampleOutput {
+    ) -> Result<SampleOutput, SampleError> {
         let counted = Counted::new(denoiser);
         for (i, step) in self.steps.iter().enumerate() {
             let level = NoiseLevel::vp(step.alpha_bar).with_timestep(step.timestep);
@@ -60,10 +60,10 @@ impl Sampler for Ddim {
             x = generalized_step(step, x0, eps, spread, z);
             observer(i, &x);
         }
-        SampleOutput {
+        Ok(SampleOutput {
             x,
             nfe: counted.nfe(),
-        }
+        })
     }
 }
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::ddim::clip;
 use crate::denoiser::{Counted, Denoiser, eps_from_x0};
 use crate::level::NoiseLevel;
-use crate::sampler::{Observer, SampleOutput, Sampler, noise_like};
+use crate::sampler::{Observer, SampleError, SampleOutput, Sampler, noise_like};
 use crate::vp_step::{VpStep, generalized_step};
 
 /// The variance of the reverse step (diffusers' `variance_type`).
@@ -72,7 +72,7 @@ impl Sampler for Ddpm {
         mut x: Tensor<2>,
         noise: &mut dyn NoiseSource,
         observer: Observer<'_>,
-    ) -> SampleOutput {
+    ) -> Result<SampleOutput, SampleError> {
         let counted = Counted::new(denoiser);
         for (i, step) in self.steps.iter().enumerate() {
             let level = NoiseLevel::vp(step.alpha_bar).with_timestep(step.timestep);
@@ -86,9 +86,9 @@ impl Sampler for Ddpm {
             x = generalized_step(step, x0, eps, spread, z);
             observer(i, &x);
         }
-        SampleOutput {
+        Ok(SampleOutput {
             x,
             nfe: counted.nfe(),
-        }
+        })
     }
 }

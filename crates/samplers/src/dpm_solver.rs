@@ -13,7 +13,7 @@ use diffusion_schedules::numeric::linspace_torch;
 
 use crate::denoiser::{Counted, Denoiser};
 use crate::level::NoiseLevel;
-use crate::sampler::{Observer, SampleOutput, Sampler, noise_like};
+use crate::sampler::{Observer, SampleError, SampleOutput, Sampler, noise_like};
 use crate::ve::ancestral_step;
 
 fn sigma_of(t: f64) -> f64 {
@@ -155,7 +155,7 @@ impl Sampler for DpmSolverFast {
         mut x: Tensor<2>,
         noise: &mut dyn NoiseSource,
         observer: Observer<'_>,
-    ) -> SampleOutput {
+    ) -> Result<SampleOutput, SampleError> {
         let counted = Counted::new(denoiser);
         let (t_start, t_end) = (t_of(self.sigma_max), t_of(self.sigma_min));
         let orders = self.orders();
@@ -175,10 +175,10 @@ impl Sampler for DpmSolverFast {
             }
             observer(i, &x);
         }
-        SampleOutput {
+        Ok(SampleOutput {
             x,
             nfe: counted.nfe(),
-        }
+        })
     }
 }
 
@@ -304,7 +304,7 @@ impl Sampler for DpmSolverAdaptive {
         x: Tensor<2>,
         noise: &mut dyn NoiseSource,
         observer: Observer<'_>,
-    ) -> SampleOutput {
+    ) -> Result<SampleOutput, SampleError> {
         let counted = Counted::new(denoiser);
         let x = if self.per_sample {
             let [n, f] = x.dims();
@@ -334,10 +334,10 @@ impl Sampler for DpmSolverAdaptive {
         } else {
             self.solve(&counted, x, noise, observer)
         };
-        SampleOutput {
+        Ok(SampleOutput {
             x,
             nfe: counted.nfe(),
-        }
+        })
     }
 }
 

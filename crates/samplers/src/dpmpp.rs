@@ -13,7 +13,7 @@ use diffusion_core::noise::NoiseSource;
 use serde::{Deserialize, Serialize};
 
 use crate::denoiser::{Counted, Denoiser};
-use crate::sampler::{Observer, SampleOutput, Sampler, noise_like};
+use crate::sampler::{Observer, SampleError, SampleOutput, Sampler, noise_like};
 use crate::ve::VeGrid;
 
 /// How the second-order multistep correction is formed.
@@ -86,7 +86,7 @@ impl Sampler for DpmppMultistep {
         mut x: Tensor<2>,
         noise: &mut dyn NoiseSource,
         observer: Observer<'_>,
-    ) -> SampleOutput {
+    ) -> Result<SampleOutput, SampleError> {
         let counted = Counted::new(denoiser);
         // (D, h) of the previous two steps, most recent first.
         let mut history: Vec<(Tensor<2>, f64)> = Vec::with_capacity(2);
@@ -112,10 +112,10 @@ impl Sampler for DpmppMultistep {
             history.truncate(2);
             observer(i, &x);
         }
-        SampleOutput {
+        Ok(SampleOutput {
             x,
             nfe: counted.nfe(),
-        }
+        })
     }
 }
 

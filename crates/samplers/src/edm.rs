@@ -7,7 +7,7 @@ use diffusion_core::noise::NoiseSource;
 
 use crate::denoiser::{Counted, Denoiser};
 use crate::level::NoiseLevel;
-use crate::sampler::{Observer, SampleOutput, Sampler};
+use crate::sampler::{Observer, SampleError, SampleOutput, Sampler};
 use crate::single_step::OdeMethod;
 use crate::ve::{Churn, VeGrid};
 
@@ -54,7 +54,7 @@ impl Sampler for EdmSampler {
         mut x: Tensor<2>,
         noise: &mut dyn NoiseSource,
         observer: Observer<'_>,
-    ) -> SampleOutput {
+    ) -> Result<SampleOutput, SampleError> {
         let counted = Counted::new(denoiser);
         let steps = self.grid.steps();
         for i in 0..steps {
@@ -71,9 +71,9 @@ impl Sampler for EdmSampler {
                 .step(&counted, x_hat, sigma_hat, denoised, self.grid.level(i + 1));
             observer(i, &x);
         }
-        SampleOutput {
+        Ok(SampleOutput {
             x,
             nfe: counted.nfe(),
-        }
+        })
     }
 }

@@ -11,7 +11,10 @@
 //! - σ-grid samplers on the VE probability-flow ODE ([`ve`]): [`edm`] (Euler, Heun, DPM-2,
 //!   with churn), [`ancestral`] (Euler, DPM-2, DPM-Solver++(2S) ancestral), [`lms`],
 //!   [`dpmpp`] (DPM-Solver++ 2M, 2M SDE, 3M SDE), [`dpm_solver`] (DPM-Solver fast and
-//!   adaptive), all built on [`single_step`].
+//!   adaptive), all built on [`single_step`];
+//! - ODE integration: [`ode`] (Euler, midpoint, Heun, RK4, Dormand–Prince) and
+//!   [`pf_ode`] (the probability-flow ODE in σ or flow time; diffusers' flow-matching
+//!   Euler), with the flow views of [`flow`].
 
 pub mod ancestral;
 pub mod ddim;
@@ -20,9 +23,12 @@ pub mod denoiser;
 pub mod dpm_solver;
 pub mod dpmpp;
 pub mod edm;
+pub mod flow;
 pub mod level;
 pub mod lms;
+pub mod ode;
 pub mod oracle;
+pub mod pf_ode;
 pub mod sampler;
 pub mod single_step;
 pub mod ve;
@@ -35,10 +41,13 @@ pub use denoiser::{Counted, Denoiser, DiscreteModel};
 pub use dpm_solver::{DpmSolverAdaptive, DpmSolverFast};
 pub use dpmpp::{DpmppMultistep, SolverType};
 pub use edm::EdmSampler;
+pub use flow::{FlowConvention, FlowModel, velocity};
 pub use level::NoiseLevel;
 pub use lms::Lms;
+pub use ode::{Dopri5, FixedStep, OdeError, OdeStats, OdeSystem};
 pub use oracle::{GaussianMixture, TimestepInterpolation};
-pub use sampler::{Observer, SampleOutput, Sampler};
+pub use pf_ode::{FlowMatchEuler, FlowTime, OdeSampler, OdeSolver, ProbabilityFlow};
+pub use sampler::{Observer, SampleError, SampleOutput, Sampler};
 pub use single_step::OdeMethod;
 pub use ve::{Churn, VeGrid, ancestral_step};
 pub use vp_step::{VpStep, successive_steps};

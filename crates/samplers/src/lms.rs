@@ -6,7 +6,7 @@ use burn::tensor::Tensor;
 use diffusion_core::noise::NoiseSource;
 
 use crate::denoiser::{Counted, Denoiser};
-use crate::sampler::{Observer, SampleOutput, Sampler};
+use crate::sampler::{Observer, SampleError, SampleOutput, Sampler};
 use crate::ve::{VeGrid, to_d};
 
 /// Linear multistep of order up to 4 (ramping up from 1 over the first steps). NFE: one
@@ -75,7 +75,7 @@ impl Sampler for Lms {
         mut x: Tensor<2>,
         _noise: &mut dyn NoiseSource,
         observer: Observer<'_>,
-    ) -> SampleOutput {
+    ) -> Result<SampleOutput, SampleError> {
         let counted = Counted::new(denoiser);
         let sigmas = self.grid.sigmas();
         let mut history: Vec<Tensor<2>> = Vec::with_capacity(self.order);
@@ -91,10 +91,10 @@ impl Sampler for Lms {
             }
             observer(i, &x);
         }
-        SampleOutput {
+        Ok(SampleOutput {
             x,
             nfe: counted.nfe(),
-        }
+        })
     }
 }
 

@@ -14,6 +14,17 @@ pub struct SampleOutput {
     pub nfe: usize,
 }
 
+/// A sampling run that could not complete.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SampleError {
+    /// An adaptive ODE solver gave up.
+    #[error(transparent)]
+    Ode(#[from] crate::ode::OdeError),
+    /// The sampler's settings do not fit the input.
+    #[error("{0}")]
+    Invalid(String),
+}
+
 /// Called after every step with the step index and the current samples.
 pub type Observer<'a> = &'a mut dyn FnMut(usize, &Tensor<2>);
 
@@ -33,10 +44,15 @@ pub trait Sampler {
         x: Tensor<2>,
         noise: &mut dyn NoiseSource,
         observer: Observer<'_>,
-    ) -> SampleOutput;
+    ) -> Result<SampleOutput, SampleError>;
 
     /// Runs the sampler from `x` (see [`sample_observed`](Self::sample_observed)).
-    fn sample(&self, denoiser: &dyn Denoiser, x: Tensor<2>, noise: &mut dyn NoiseSource) -> SampleOutput {
+    fn sample(
+        &self,
+        denoiser: &dyn Denoiser,
+        x: Tensor<2>,
+        noise: &mut dyn NoiseSource,
+    ) -> Result<SampleOutput, SampleError> {
         self.sample_observed(denoiser, x, noise, &mut |_, _| {})
     }
 }
