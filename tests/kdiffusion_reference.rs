@@ -6,8 +6,8 @@ use burn::tensor::DType;
 use diffusion_core::tensor::{max_rel_deviation, to_f64};
 use diffusion_ddpm::Prediction;
 use diffusion_samplers::{
-    AncestralSampler, Churn, DiscreteModel, DpmSolverAdaptive, DpmSolverFast, DpmppMultistep, EdmSampler,
-    Lms, OdeMethod, Sampler, SolverType, TimestepInterpolation, VeGrid,
+    AncestralSampler, Churn, DiscreteModel, DpmMultistep, DpmSolverAdaptive, DpmSolverFast, EdmSampler, Lms,
+    OdeMethod, Sampler, SolverType, TimestepInterpolation, VeGrid,
 };
 use diffusion_schedules::{DiscreteSchedule, SigmaGrid};
 use diffusion_tests::{Replay, best_dtype, device, fixture, floats, gmm2d, matrix, tensor2};
@@ -55,10 +55,10 @@ fn sampler_for(case: &Value) -> Box<dyn Sampler> {
             AncestralSampler::new(grid(case), OdeMethod::DpmppTwoS).with_eta(kwarg(case, "eta", 1.0)),
         ),
         "lms" => Box::new(Lms::new(grid(case), kwarg(case, "order", 4.0) as usize)),
-        "dpmpp_2m" => Box::new(DpmppMultistep::two_m(grid(case))),
-        "dpmpp_2m_sde_midpoint" => Box::new(DpmppMultistep::two_m_sde(grid(case), SolverType::Midpoint)),
-        "dpmpp_2m_sde_heun" => Box::new(DpmppMultistep::two_m_sde(grid(case), SolverType::Heun)),
-        "dpmpp_3m_sde" => Box::new(DpmppMultistep::three_m_sde(grid(case))),
+        "dpmpp_2m" => Box::new(DpmMultistep::two_m(grid(case))),
+        "dpmpp_2m_sde_midpoint" => Box::new(DpmMultistep::two_m_sde(grid(case), SolverType::Midpoint)),
+        "dpmpp_2m_sde_heun" => Box::new(DpmMultistep::two_m_sde(grid(case), SolverType::Heun)),
+        "dpmpp_3m_sde" => Box::new(DpmMultistep::three_m_sde(grid(case))),
         "dpm_fast" => Box::new(DpmSolverFast::new(
             kwarg(case, "sigma_min", 0.0),
             kwarg(case, "sigma_max", 0.0),

@@ -63,6 +63,25 @@ impl Denoiser for Counted<'_> {
     }
 }
 
+/// A denoiser whose estimate is clamped to [−c, c] (diffusers' `clip_sample`).
+pub struct Clipped<'a> {
+    inner: &'a dyn Denoiser,
+    range: f64,
+}
+
+impl<'a> Clipped<'a> {
+    /// Clamps the estimates of `inner` to [−range, range].
+    pub fn new(inner: &'a dyn Denoiser, range: f64) -> Self {
+        Self { inner, range }
+    }
+}
+
+impl Denoiser for Clipped<'_> {
+    fn denoise(&self, x: Tensor<2>, level: NoiseLevel) -> Tensor<2> {
+        self.inner.denoise(x, level).clamp(-self.range, self.range)
+    }
+}
+
 /// A network trained on a discrete VP schedule, called as `model(x_t, t)` with the
 /// VP-scaled input x_t = √ᾱ x₀ + √(1 − ᾱ) ε and the (possibly fractional) timestep t,
 /// seen as a denoiser.

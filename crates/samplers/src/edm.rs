@@ -5,7 +5,7 @@
 use burn::tensor::Tensor;
 use diffusion_core::noise::NoiseSource;
 
-use crate::denoiser::{Counted, Denoiser};
+use crate::denoiser::{Clipped, Counted, Denoiser};
 use crate::level::NoiseLevel;
 use crate::sampler::{Observer, SampleError, SampleOutput, Sampler};
 use crate::single_step::OdeMethod;
@@ -24,6 +24,8 @@ pub struct EdmSampler {
     pub method: OdeMethod,
     /// Stochastic churn (off by default).
     pub churn: Churn,
+    /// Clamp the denoised estimates to [−c, c] (diffusers Heun's `clip_sample`).
+    pub clip_sample: Option<f64>,
 }
 
 impl EdmSampler {
@@ -33,6 +35,7 @@ impl EdmSampler {
             grid: grid.into(),
             method,
             churn: Churn::default(),
+            clip_sample: None,
         }
     }
 
@@ -55,7 +58,8 @@ impl Sampler for EdmSampler {
         noise: &mut dyn NoiseSource,
         observer: Observer<'_>,
     ) -> Result<SampleOutput, SampleError> {
-        let counted = Counted::new(denoiser);
+        let clipped = self.clip_sample.map(|c| Clipped::new(denoiser, c));
+        let counted = Counted::new(clipped.as_ref().map_or(denoiser, |c| c as &dyn Denoiser));
         let steps = self.grid.steps();
         for i in 0..steps {
             let sigma = self.grid.sigma(i);

@@ -7,21 +7,27 @@
 //! - [`level`]: the noise level (α, σ) of x = α x₀ + σ ε;
 //! - [`denoiser`]: the interface, an evaluation counter and model wrappers;
 //! - [`oracle`]: the Gaussian-mixture oracle, an exact model in every form;
-//! - VP samplers on discrete timesteps: [`ddpm`], [`ddim`] (sharing [`vp_step`]);
+//! - VP samplers on discrete timesteps: [`ddpm`], [`ddim`] (sharing [`vp_step`]),
+//!   [`ddim_inversion`];
 //! - σ-grid samplers on the VE probability-flow ODE ([`ve`]): [`edm`] (Euler, Heun, DPM-2,
 //!   with churn), [`ancestral`] (Euler, DPM-2, DPM-Solver++(2S) ancestral), [`lms`],
-//!   [`dpmpp`] (DPM-Solver++ 2M, 2M SDE, 3M SDE), [`dpm_solver`] (DPM-Solver fast and
+//!   [`dpm_multistep`] (DPM-Solver(++) multistep of orders 1–3, ODE and SDE, in k-diffusion's
+//!   and diffusers' conventions), [`dpm_solver`] (DPM-Solver fast and
 //!   adaptive), all built on [`single_step`];
 //! - ODE integration: [`ode`] (Euler, midpoint, Heun, RK4, Dormand–Prince) and
 //!   [`pf_ode`] (the probability-flow ODE in σ or flow time; diffusers' flow-matching
-//!   Euler), with the flow views of [`flow`].
+//!   Euler), with the flow views of [`flow`];
+//! - [`pndm`] (PRK/PLMS) and [`unipc`] (UniPC bh1/bh2 predictor–corrector);
+//! - [`diffusers`]: a diffusers `scheduler_config.json` mapped onto these samplers, exactly.
 
 pub mod ancestral;
 pub mod ddim;
+pub mod ddim_inversion;
 pub mod ddpm;
 pub mod denoiser;
+pub mod diffusers;
+pub mod dpm_multistep;
 pub mod dpm_solver;
-pub mod dpmpp;
 pub mod edm;
 pub mod flow;
 pub mod level;
@@ -29,17 +35,21 @@ pub mod lms;
 pub mod ode;
 pub mod oracle;
 pub mod pf_ode;
+pub mod pndm;
 pub mod sampler;
 pub mod single_step;
+pub mod unipc;
 pub mod ve;
 pub mod vp_step;
 
 pub use ancestral::AncestralSampler;
 pub use ddim::Ddim;
+pub use ddim_inversion::{DdimInversion, InversionEval, InversionStep};
 pub use ddpm::{Ddpm, VarianceType};
-pub use denoiser::{Counted, Denoiser, DiscreteModel};
+pub use denoiser::{Clipped, Counted, Denoiser, DiscreteModel};
+pub use diffusers::{DiffusersError, DiffusersScheduler, ModelForm, Plan, SchedulerClass, StepOptions};
+pub use dpm_multistep::{DpmAlgorithm, DpmDialect, DpmMultistep, SolverType};
 pub use dpm_solver::{DpmSolverAdaptive, DpmSolverFast};
-pub use dpmpp::{DpmppMultistep, SolverType};
 pub use edm::EdmSampler;
 pub use flow::{FlowConvention, FlowModel, velocity};
 pub use level::NoiseLevel;
@@ -47,7 +57,9 @@ pub use lms::Lms;
 pub use ode::{Dopri5, FixedStep, OdeError, OdeStats, OdeSystem};
 pub use oracle::{GaussianMixture, TimestepInterpolation};
 pub use pf_ode::{FlowMatchEuler, FlowTime, OdeSampler, OdeSolver, ProbabilityFlow};
+pub use pndm::Pndm;
 pub use sampler::{Observer, SampleError, SampleOutput, Sampler};
 pub use single_step::OdeMethod;
-pub use ve::{Churn, VeGrid, ancestral_step};
+pub use unipc::{UniPc, UniPcVariant};
+pub use ve::{Churn, InVpCoordinates, VeGrid, ancestral_step};
 pub use vp_step::{VpStep, successive_steps};

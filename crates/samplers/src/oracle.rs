@@ -291,6 +291,19 @@ impl GaussianMixture {
         }
     }
 
+    /// The oracle as a velocity network of the linear path in `convention`, called as
+    /// `model(x, t)` with `t = time · time_scale` (the same time for the whole batch).
+    pub fn velocity_model(
+        &self,
+        convention: crate::flow::FlowConvention,
+        time_scale: f64,
+    ) -> impl Fn(Tensor<2>, Tensor<1>) -> Tensor<2> + '_ {
+        move |x: Tensor<2>, t: Tensor<1>| {
+            let time = to_f64(&t)[0] / time_scale;
+            crate::flow::velocity(self, x, convention.level(time), convention)
+        }
+    }
+
     /// The means as a `[K, d]` tensor like `like` (for plotting and tests).
     pub fn means_tensor(&self, like: &Tensor<2>) -> Tensor<2> {
         let data = TensorData::new(self.means.concat(), [self.components(), self.dim()]);

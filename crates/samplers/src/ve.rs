@@ -7,8 +7,9 @@ use diffusion_core::noise::NoiseSource;
 use diffusion_schedules::SigmaGrid;
 use serde::{Deserialize, Serialize};
 
+use crate::denoiser::Denoiser;
 use crate::level::NoiseLevel;
-use crate::sampler::noise_like;
+use crate::sampler::{Observer, SampleError, SampleOutput, Sampler, noise_like};
 
 /// The decreasing noise levels a VE sampler steps through, with, optionally, the timestep
 /// the model is evaluated at for each level (diffusers passes its own timesteps instead of
@@ -34,6 +35,25 @@ impl VeGrid {
     /// A grid from a validated σ grid.
     pub fn new(grid: SigmaGrid) -> Self {
         grid.into()
+    }
+
+    /// A grid from raw values that may repeat a level (diffusers' DPM-Solver with Karras σ
+    /// and `final_sigmas_type = "sigma_min"` ends on two equal σ, up to rounding): they must
+    /// be finite, ≥ 0 and non-increasing up to a relative 1e-12.
+    pub fn from_values(sigmas: Vec<f64>) -> Result<Self, SampleError> {
+        let ok = !sigmas.is_empty()
+            && sigmas.iter().all(|s| s.is_finite() && *s >= 0.0)
+            && sigmas.windows(2).all(|w| w[1] <= w[0] * (1.0 + 1e-12));
+        if !ok {
+            return Err(SampleError::Invalid(format!(
+                "noise levels must be finite, >= 0 and non-increasing: {sigmas:?}"
+            )));
+        }
+        Ok(Self {
+            sigmas,
+            timesteps: None,
+            init_noise_sigma: None,
+        })
     }
 
     /// The same grid, evaluating the model at `timesteps[i]` for `sigmas[i]` (one per
@@ -86,6 +106,50 @@ impl VeGrid {
     /// The standard deviation of the initial noise.
     pub fn init_noise_sigma(&self) -> f64 {
         self.init_noise_sigma.unwrap_or(self.sigmas[0])
+    }
+}
+
+/// A VE-grid sampler run in variance-preserving coordinates x_VP = x_VE/√(1 + σ²), as
+/// diffusers' DPM-Solver and UniPC schedulers hold their samples: the initial noise is
+/// standard (init σ = 1), and the result at a final σ > 0 is returned VP-scaled.
+pub struct InVpCoordinates {
+    inner: Box<dyn Sampler>,
+    sigmas: Vec<f64>,
+}
+
+impl InVpCoordinates {
+    /// Wraps `inner`, whose grid is `sigmas`.
+    pub fn new(inner: Box<dyn Sampler>, sigmas: Vec<f64>) -> Self {
+        Self { inner, sigmas }
+    }
+
+    fn scale(&self, i: usize) -> f64 {
+        let s = self.sigmas[i.min(self.sigmas.len() - 1)];
+        (1.0 + s * s).sqrt()
+    }
+}
+
+impl Sampler for InVpCoordinates {
+    fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    fn sample_observed(
+        &self,
+        denoiser: &dyn Denoiser,
+        x: Tensor<2>,
+        noise: &mut dyn NoiseSource,
+        observer: Observer<'_>,
+    ) -> Result<SampleOutput, SampleError> {
+        let mut vp_observer = |i: usize, x: &Tensor<2>| observer(i, &x.clone().div_scalar(self.scale(i + 1)));
+        let out =
+            self.inner
+                .sample_observed(denoiser, x.mul_scalar(self.scale(0)), noise, &mut vp_observer)?;
+        let last = self.sigmas.len() - 1;
+        Ok(SampleOutput {
+            x: out.x.div_scalar(self.scale(last)),
+            nfe: out.nfe,
+        })
     }
 }
 

@@ -33,6 +33,12 @@ pub enum BetaSchedule {
         /// The cap on βₜ (0.999).
         max_beta: f64,
     },
+    /// ᾱ(t) = e^{−12 t}, discretised like the cosine schedule (diffusers' `exp`).
+    Exp,
+    /// ᾱ(t) with a Laplace-distributed log-SNR, λ(t) = −½ sign(½ − t) ln(1 − 2|½ − t| + 10⁻⁶),
+    /// ᾱ = √(e^λ/(1 + e^λ)) as diffusers defines it (Hang et al. 2024), discretised like
+    /// the cosine schedule.
+    Laplace,
     /// βₜ = sigmoid(xₜ)·(end − start) + start with xₜ evenly spaced in [−6, 6] (GeoDiff).
     Sigmoid {
         /// Lower asymptote.
@@ -81,21 +87,34 @@ impl BetaSchedule {
                         format!("{max_beta} must lie in (0, 1]"),
                     ));
                 }
-                let alpha_bar = |u: f64| ((u + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().powi(2);
-                // t/T in floating point: an integer division here gives 999 zero betas.
-                (0..t_len)
-                    .map(|i| {
-                        let (u0, u1) = (i as f64 / t_len as f64, (i + 1) as f64 / t_len as f64);
-                        (1.0 - alpha_bar(u1) / alpha_bar(u0)).min(max_beta)
-                    })
-                    .collect()
+                betas_for_alpha_bar(t_len, max_beta, |u| {
+                    ((u + s) / (1.0 + s) * std::f64::consts::FRAC_PI_2).cos().powi(2)
+                })
             }
+            Self::Exp => betas_for_alpha_bar(t_len, 0.999, |u| (-12.0 * u).exp()),
+            Self::Laplace => betas_for_alpha_bar(t_len, 0.999, |u| {
+                let lambda = -0.5 * (0.5 - u).signum() * (1.0 - 2.0 * (0.5 - u).abs() + 1e-6).ln();
+                let snr = lambda.exp();
+                (snr / (1.0 + snr)).sqrt()
+            }),
             Self::Sigmoid { start, end } => linspace_torch(-6.0, 6.0, t_len)
                 .into_iter()
                 .map(|x| sigmoid(x) * (end - start) + start)
                 .collect(),
         })
     }
+}
+
+/// βᵢ = min(1 − ᾱ((i + 1)/T)/ᾱ(i/T), max_beta) for a continuous ᾱ(u) on [0, 1]
+/// (Nichol & Dhariwal 2021, eq. 17's discretisation).
+fn betas_for_alpha_bar(t_len: usize, max_beta: f64, alpha_bar: impl Fn(f64) -> f64) -> Vec<f64> {
+    // i/T in floating point: an integer division here gives 999 zero betas.
+    (0..t_len)
+        .map(|i| {
+            let (u0, u1) = (i as f64 / t_len as f64, (i + 1) as f64 / t_len as f64);
+            (1.0 - alpha_bar(u1) / alpha_bar(u0)).min(max_beta)
+        })
+        .collect()
 }
 
 /// A discrete schedule: βₜ and ᾱₜ for t = 0 … T−1.
@@ -225,6 +244,33 @@ impl DiscreteSchedule {
             })
             .collect();
         Self::from_betas(betas)
+    }
+
+    /// The same schedule with ᾱ_{T−1} replaced by `alpha_bar` (its β recomputed).
+    ///
+    /// diffusers' Euler-type, DPM-Solver and UniPC schedulers set ᾱ_{T−1} = 2⁻²⁴ after a
+    /// zero-terminal-SNR rescale so that σ_max is finite. That value can exceed ᾱ_{T−2},
+    /// making σ non-monotone at the last step (σ_{T−1} ≈ 4096 < σ_{T−2}): this is kept as is,
+    /// for exactness; σ → t inversion near the end of such a table is then ambiguous.
+    pub fn with_terminal_alpha_bar(&self, alpha_bar: f64) -> Result<Self> {
+        if !(alpha_bar > 0.0 && alpha_bar < 1.0) {
+            return Err(ScheduleError::OutOfRange {
+                what: "terminal alphas_cumprod",
+                index: self.len() - 1,
+                value: alpha_bar,
+                range: "(0, 1)",
+            });
+        }
+        let mut ac = self.alphas_cumprod.clone();
+        let last = ac.len() - 1;
+        ac[last] = alpha_bar;
+        let mut betas = self.betas.clone();
+        betas[last] = if last == 0 {
+            1.0 - alpha_bar
+        } else {
+            1.0 - alpha_bar / ac[last - 1]
+        };
+        Ok(Self::with_tables(betas, ac))
     }
 
     /// The number of training timesteps T.

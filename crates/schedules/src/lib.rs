@@ -8,7 +8,7 @@
 //!   cosine, VE, EDM and rectified flow;
 //! - [`spacing`]: diffusers' `leading` / `trailing` / `linspace` inference timesteps;
 //! - [`grids`]: σ grids (Karras, exponential, polyexponential, VP, log-SNR-uniform,
-//!   time-uniform, custom) and the flow-matching time shift;
+//!   time-uniform, custom) and the flow-matching time shift; [`grid_spec`] parses them from text;
 //! - [`convert`]: ᾱ ↔ σ ↔ log-SNR ↔ (α, σ) ↔ flow time;
 //! - [`numeric`]: numpy/PyTorch-exact `linspace`, `arange`, rounding and `interp`.
 //!
@@ -19,6 +19,7 @@ pub mod continuous;
 pub mod convert;
 pub mod discrete;
 pub mod error;
+pub mod grid_spec;
 pub mod grids;
 pub mod numeric;
 pub mod spacing;
@@ -26,5 +27,6 @@ pub mod spacing;
 pub use continuous::{ContinuousSchedule, CosineSchedule, Edm, RectifiedFlow, SubVp, VeGeometric, VpLinear};
 pub use discrete::{BetaSchedule, DiscreteSchedule};
 pub use error::ScheduleError;
+pub use grid_spec::GridSpec;
 pub use grids::{SigmaGrid, flow_match_sigmas, flow_time_shift};
 pub use spacing::{TimestepSpacing, timesteps, timesteps_fractional};

@@ -26,12 +26,13 @@ pub fn linspace_torch(start: f64, end: f64, steps: usize) -> Vec<f64> {
         _ => {
             let step = (end - start) / (steps - 1) as f64;
             let half = steps / 2;
+            // A fused multiply-add, as PyTorch's CPU kernel compiles to: bit-exact.
             (0..steps)
                 .map(|i| {
                     if i < half {
-                        start + step * i as f64
+                        step.mul_add(i as f64, start)
                     } else {
-                        end - step * (steps - i - 1) as f64
+                        (-step).mul_add((steps - i - 1) as f64, end)
                     }
                 })
                 .collect()
