@@ -216,12 +216,8 @@ impl DiffusersScheduler {
     /// Parses a configuration from JSON text (`Infinity` and `-Infinity` are accepted, as
     /// Python writes them).
     pub fn from_json(text: &str) -> Result<Self> {
-        let cleaned = text
-            .replace("-Infinity", "-1e400")
-            .replace("Infinity", "1e400")
-            .replace("NaN", "null");
-        let value: Value =
-            serde_json::from_str(&cleaned).map_err(|e| DiffusersError::Parse(e.to_string()))?;
+        let value: Value = serde_json::from_str(&quote_non_finite(text))
+            .map_err(|e| DiffusersError::Parse(e.to_string()))?;
         Self::from_value(value)
     }
 
@@ -306,6 +302,7 @@ impl DiffusersScheduler {
             // Python writes non-finite floats as these words.
             Some(Value::String(s)) if s == "Infinity" => Ok(f64::INFINITY),
             Some(Value::String(s)) if s == "-Infinity" => Ok(f64::NEG_INFINITY),
+            Some(Value::String(s)) if s == "NaN" => Ok(f64::NAN),
             Some(v) => v
                 .as_f64()
                 .ok_or_else(|| invalid(key, format!("expected a number, got {v}"))),
@@ -990,6 +987,34 @@ impl Conversion {
     }
 }
 
+/// Python's `json.dumps` writes non-finite floats as the bare words `Infinity`, `-Infinity`
+/// and `NaN`, which JSON does not allow: quote them (outside strings) so they parse.
+fn quote_non_finite(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let (mut in_string, mut escaped) = (false, false);
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            in_string = escaped || c != '"';
+            escaped = !escaped && c == '\\';
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(word) = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|w| rest.starts_with(w))
+        {
+            out.push('"');
+            out.push_str(word);
+            out.push('"');
+            rest = &rest[word.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    out
+}
+
 fn invalid(key: &str, reason: String) -> DiffusersError {
     DiffusersError::Invalid {
         key: key.into(),
@@ -1009,5 +1034,18 @@ impl SchedulerClass {
     /// Whether the model input is x / √(σ² + 1) (diffusers' `scale_model_input`).
     pub fn scales_model_input(self) -> bool {
         self.is_euler_family()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_non_finite_words_parse() {
+        let text = r#"{"_class_name": "DPMSolverMultistepScheduler", "lambda_min_clipped": -Infinity, "note": "NaN \" Infinity"}"#;
+        let s = DiffusersScheduler::from_json(text).unwrap();
+        assert_eq!(s.f64_or("lambda_min_clipped", 0.0).unwrap(), f64::NEG_INFINITY);
+        assert_eq!(s.config["note"], "NaN \" Infinity");
     }
 }

@@ -17,6 +17,7 @@
 //! - ODE integration: [`ode`] (Euler, midpoint, Heun, RK4, Dormand–Prince) and
 //!   [`pf_ode`] (the probability-flow ODE in σ or flow time; diffusers' flow-matching
 //!   Euler), with the flow views of [`flow`];
+//! - [`sde`]: SDEs and Euler–Maruyama, with the reverse VE SDE as a sampler;
 //! - [`pndm`] (PRK/PLMS) and [`unipc`] (UniPC bh1/bh2 predictor–corrector);
 //! - [`diffusers`]: a diffusers `scheduler_config.json` mapped onto these samplers, exactly.
 
@@ -37,6 +38,7 @@ pub mod oracle;
 pub mod pf_ode;
 pub mod pndm;
 pub mod sampler;
+pub mod sde;
 pub mod single_step;
 pub mod unipc;
 pub mod ve;
@@ -59,6 +61,7 @@ pub use oracle::{GaussianMixture, TimestepInterpolation};
 pub use pf_ode::{FlowMatchEuler, FlowTime, OdeSampler, OdeSolver, ProbabilityFlow};
 pub use pndm::Pndm;
 pub use sampler::{Observer, SampleError, SampleOutput, Sampler};
+pub use sde::{EulerMaruyama, ReverseVeSde, SdeSystem, euler_maruyama_step};
 pub use single_step::OdeMethod;
 pub use unipc::{UniPc, UniPcVariant};
 pub use ve::{Churn, InVpCoordinates, VeGrid, ancestral_step};

@@ -1,0 +1,356 @@
+//! `diffusion`: schedules and sampling from the command line.
+//!
+//! ```text
+//! diffusion schedule --scheduler-config scheduler_config.json [--steps N] --json
+//! diffusion schedule --sigmas karras:n=10,min=0.002,max=80 --json
+//! diffusion sample --oracle gmm.json --init-noise z.npy --out x.npy --sampler dpmpp-2m --steps 20
+//! diffusion sample --oracle gmm.json --init-noise z.npy --out x.npy --scheduler-config cfg.json --steps 25
+//! ```
+//!
+//! Every error is one message on stderr and exit status 2; nothing is written.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use burn::tensor::Tensor;
+use clap::{Args, Parser, Subcommand};
+use diffusion_cli::{
+    CliError, OracleForm, Result, SamplerOptions, default_vp_schedule, final_denoise, oracle_denoiser,
+};
+use diffusion_core::noise::SampleNoise;
+use diffusion_core::npy::NpyArray;
+use diffusion_core::{DeviceSpec, Precision};
+use diffusion_samplers::{
+    Churn, DiffusersScheduler, DiscreteModel, FlowConvention, FlowModel, GaussianMixture, ModelForm,
+    StepOptions, TimestepInterpolation,
+};
+use diffusion_schedules::GridSpec;
+
+#[derive(Parser)]
+#[command(
+    name = "diffusion",
+    version,
+    about = "diffusion-lab: noise schedules and samplers from the command line"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a schedule: a diffusers scheduler's tables and grid, or a σ grid.
+    Schedule(ScheduleArgs),
+    /// Sample from the Gaussian-mixture oracle with any sampler or diffusers scheduler.
+    Sample(Box<SampleArgs>),
+}
+
+#[derive(Args)]
+struct ScheduleArgs {
+    /// A diffusers `scheduler_config.json`.
+    #[arg(long, conflicts_with = "sigmas")]
+    scheduler_config: Option<PathBuf>,
+    /// A σ grid: karras:n=,min=,max=,rho= | exponential:n=,min=,max= |
+    /// polyexponential:n=,min=,max=,rho= | vp:n=,beta_d=,beta_min=,eps_s= | a comma-separated list.
+    #[arg(long)]
+    sigmas: Option<String>,
+    /// Inference steps (with --scheduler-config: adds timesteps, sigmas, init_noise_sigma).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Print JSON (the fields diffusers exposes) instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SampleArgs {
+    /// The oracle: {"weights": [...], "means": [[...], ...], "stds": [...]}.
+    #[arg(long)]
+    oracle: PathBuf,
+    /// Standard normal noise [n, d] (.npy, f32 or f64). It is scaled by the sampler's initial
+    /// noise level here: σ_max for σ grids, diffusers' init_noise_sigma for its schedulers.
+    #[arg(long)]
+    init_noise: PathBuf,
+    /// Where to write the samples [n, d] (.npy, in --dtype).
+    #[arg(long)]
+    out: PathBuf,
+    /// Precision: f32 or f64.
+    #[arg(long, default_value = "f64")]
+    dtype: Precision,
+    /// Backend: flex, ndarray, wgpu, cuda[:i] (as compiled in).
+    #[arg(long, default_value = "flex")]
+    backend: DeviceSpec,
+    /// A diffusers scheduler_config.json: its class, grid, defaults and model form.
+    #[arg(long, conflicts_with = "sampler")]
+    scheduler_config: Option<PathBuf>,
+    /// A sampler by name (see --help of `diffusion sample`): ddpm, ddim, pndm, euler,
+    /// euler-ancestral, heun, dpm2, dpm2-ancestral, lms, dpm-fast, dpm-adaptive,
+    /// dpmpp-2s-ancestral, dpmpp-2m, dpmpp-2m-sde, dpmpp-3m-sde, unipc, em, flow-euler,
+    /// ode-euler, ode-midpoint, ode-heun, ode-rk4, ode-dopri5.
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Inference steps (default: 25 for σ grids, 50 for ddim/pndm, 1000 for ddpm).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// The σ grid (σ-grid samplers; default karras over [--sigma-min, --sigma-max]).
+    #[arg(long)]
+    sigmas: Option<String>,
+    /// Function evaluations (dpm-fast).
+    #[arg(long)]
+    nfe: Option<usize>,
+    /// Smallest σ (default 0.002).
+    #[arg(long)]
+    sigma_min: Option<f64>,
+    /// Largest σ (default 80).
+    #[arg(long)]
+    sigma_max: Option<f64>,
+    /// Relative tolerance (dpm-adaptive, ode-dopri5).
+    #[arg(long)]
+    rtol: Option<f64>,
+    /// Absolute tolerance (dpm-adaptive, ode-dopri5).
+    #[arg(long)]
+    atol: Option<f64>,
+    /// η of DDIM and the ancestral / SDE samplers.
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Solver order (lms, unipc, dpm-adaptive).
+    #[arg(long)]
+    order: Option<usize>,
+    /// midpoint or heun (dpmpp-2m-sde).
+    #[arg(long)]
+    solver_type: Option<String>,
+    /// EDM churn S_churn (euler, heun, dpm2).
+    #[arg(long)]
+    s_churn: Option<f64>,
+    /// EDM S_tmin.
+    #[arg(long, requires = "s_churn")]
+    s_tmin: Option<f64>,
+    /// EDM S_tmax.
+    #[arg(long, requires = "s_churn")]
+    s_tmax: Option<f64>,
+    /// EDM S_noise.
+    #[arg(long, requires = "s_churn")]
+    s_noise: Option<f64>,
+    /// Flow time shift (flow-euler).
+    #[arg(long)]
+    shift: Option<f64>,
+    /// leading, trailing or linspace (ddpm, ddim, pndm).
+    #[arg(long)]
+    spacing: Option<String>,
+    /// LMS order of a diffusers LMSDiscreteScheduler (4).
+    #[arg(long)]
+    lms_order: Option<usize>,
+    /// The seed of the per-sample noise of stochastic samplers.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Denoise at the last noise level of samplers that stop above σ = 0 (dpm-fast,
+    /// dpm-adaptive, ode-* in VE time).
+    #[arg(long)]
+    final_denoise: bool,
+    /// How the oracle is presented: ve, vp-eps, vp-v or flow (with --sampler; a diffusers
+    /// scheduler implies its own). flow: the linear path from noise (t = 0) to data (t = 1);
+    /// the ode-* samplers then step on a uniform t grid.
+    #[arg(long)]
+    oracle_form: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let code = if e.use_stderr() { 2 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let result = match cli.command {
+        Command::Schedule(args) => schedule(&args),
+        Command::Sample(args) => sample(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn schedule(args: &ScheduleArgs) -> Result<()> {
+    let mut out = serde_json::Map::new();
+    match (&args.scheduler_config, &args.sigmas) {
+        (Some(path), None) => {
+            let s = DiffusersScheduler::from_file(path)?;
+            out.insert("_class_name".into(), s.class().name().into());
+            out.insert("betas".into(), s.betas().into());
+            out.insert("alphas_cumprod".into(), s.alphas_cumprod().into());
+            if let Some(steps) = args.steps {
+                let plan = s.plan(steps, StepOptions::default())?;
+                out.insert("timesteps".into(), plan.timesteps.into());
+                if let Some(sigmas) = plan.sigmas {
+                    out.insert("sigmas".into(), sigmas.into());
+                }
+                out.insert("init_noise_sigma".into(), plan.init_noise_sigma.into());
+            }
+        }
+        (None, Some(spec)) => {
+            if args.steps.is_some() {
+                return Err(CliError::Usage(
+                    "--steps does not apply to --sigmas (the spec gives n)".into(),
+                ));
+            }
+            let grid = spec.parse::<GridSpec>()?.build()?;
+            out.insert("sigmas".into(), grid.sigmas().to_vec().into());
+        }
+        _ => {
+            return Err(CliError::Usage(
+                "give --scheduler-config FILE or --sigmas SPEC".into(),
+            ));
+        }
+    }
+    if args.json {
+        println!("{}", serde_json::Value::Object(out));
+    } else {
+        for (key, value) in out {
+            match value {
+                serde_json::Value::Array(a) if a.len() > 8 => {
+                    let head: Vec<String> = a[..3].iter().map(|v| v.to_string()).collect();
+                    let tail: Vec<String> = a[a.len() - 3..].iter().map(|v| v.to_string()).collect();
+                    println!(
+                        "{key} ({} values): [{}, …, {}]",
+                        a.len(),
+                        head.join(", "),
+                        tail.join(", ")
+                    );
+                }
+                other => println!("{key}: {other}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn sample(args: &SampleArgs) -> Result<()> {
+    let oracle = GaussianMixture::from_json(&args.oracle).map_err(|e| CliError::Input(e.to_string()))?;
+    let z = NpyArray::read(&args.init_noise)?;
+    if z.shape.len() != 2 || z.shape[1] != oracle.dim() {
+        return Err(CliError::Input(format!(
+            "{}: expected shape [n, {}] (the oracle's dimension), got {:?}",
+            args.init_noise.display(),
+            oracle.dim(),
+            z.shape
+        )));
+    }
+    let device = args.backend.open_with(args.dtype)?;
+    let dtype = args.dtype.dtype();
+    let n = z.shape[0];
+    let x = z.to_tensor::<2>(&device, Some(dtype))?;
+    let mut noise = SampleNoise::range(args.seed, 0..n as u64);
+    let form = args
+        .oracle_form
+        .as_deref()
+        .map(str::parse::<OracleForm>)
+        .transpose()?;
+    let (x, nfe, label) = match (&args.scheduler_config, &args.sampler) {
+        (Some(path), None) => {
+            for (flag, set) in [
+                ("--sigmas", args.sigmas.is_some()),
+                ("--nfe", args.nfe.is_some()),
+                ("--oracle-form", form.is_some()),
+                ("--order", args.order.is_some()),
+                ("--s-churn", args.s_churn.is_some()),
+                ("--final-denoise", args.final_denoise),
+            ] {
+                if set {
+                    return Err(CliError::Usage(format!(
+                        "{flag} does not apply to --scheduler-config (the scheduler sets it)"
+                    )));
+                }
+            }
+            let scheduler = DiffusersScheduler::from_file(path)?;
+            let steps = args
+                .steps
+                .ok_or_else(|| CliError::Usage("--scheduler-config needs --steps N".into()))?;
+            let options = StepOptions {
+                eta: args.eta.unwrap_or(0.0),
+                lms_order: args.lms_order.unwrap_or(4),
+            };
+            let plan = scheduler.plan(steps, options)?;
+            let x = x.mul_scalar(plan.sampler.init_noise_sigma());
+            let schedule = scheduler.schedule().clone();
+            let out = match scheduler.model_form()? {
+                ModelForm::Discrete(p) => {
+                    let model = oracle.discrete_model(&schedule, p, TimestepInterpolation::Sigma);
+                    plan.sampler
+                        .sample(&DiscreteModel::new(model, schedule.clone(), p), x, &mut noise)?
+                }
+                ModelForm::Flow => {
+                    let t_len = scheduler.num_train_timesteps()? as f64;
+                    let model = oracle.velocity_model(FlowConvention::DataToNoise, t_len);
+                    plan.sampler.sample(
+                        &FlowModel::new(model, FlowConvention::DataToNoise, t_len),
+                        x,
+                        &mut noise,
+                    )?
+                }
+            };
+            (out.x, out.nfe, scheduler.class().name().to_string())
+        }
+        (None, Some(name)) => {
+            let churn = args.s_churn.map(|s_churn| Churn {
+                s_churn,
+                s_tmin: args.s_tmin.unwrap_or(0.0),
+                s_tmax: args.s_tmax.unwrap_or(f64::INFINITY),
+                s_noise: args.s_noise.unwrap_or(1.0),
+            });
+            if args.lms_order.is_some() {
+                return Err(CliError::Usage(
+                    "--lms-order applies to a diffusers LMS scheduler; use --order".into(),
+                ));
+            }
+            let options = SamplerOptions {
+                sigmas: args.sigmas.clone(),
+                steps: args.steps,
+                nfe: args.nfe,
+                sigma_min: args.sigma_min,
+                sigma_max: args.sigma_max,
+                rtol: args.rtol,
+                atol: args.atol,
+                eta: args.eta,
+                order: args.order,
+                solver_type: args.solver_type.clone(),
+                churn,
+                shift: args.shift,
+                spacing: args.spacing.clone(),
+                form,
+            };
+            let built = options.build(name)?;
+            let schedule = default_vp_schedule();
+            let form = built.implied_form.or(form).unwrap_or(OracleForm::Ve);
+            let denoiser = oracle_denoiser(&oracle, form, &schedule);
+            let x = x.mul_scalar(built.sampler.init_noise_sigma());
+            let out = built.sampler.sample(denoiser.as_ref(), x, &mut noise)?;
+            let (x, extra): (Tensor<2>, usize) = if args.final_denoise {
+                let used = usize::from(built.final_level.is_some_and(|l| l.sigma > 0.0));
+                (final_denoise(denoiser.as_ref(), out.x, built.final_level), used)
+            } else {
+                (out.x, 0)
+            };
+            (x, out.nfe + extra, name.clone())
+        }
+        _ => {
+            return Err(CliError::Usage(
+                "give --sampler NAME or --scheduler-config FILE".into(),
+            ));
+        }
+    };
+    let array = NpyArray::from_tensor(&x);
+    if array.to_f64().iter().any(|v| !v.is_finite()) {
+        return Err(CliError::Input(format!(
+            "{label} produced non-finite samples; nothing written"
+        )));
+    }
+    array.write(&args.out)?;
+    eprintln!("{label}: {n} samples, NFE {nfe}, wrote {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,407 @@
+//! The `diffusion` command end to end, against the committed reference fixtures.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use diffusion_core::npy::NpyArray;
+use serde_json::Value;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures")
+}
+
+fn fixture(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixtures().join(name)).unwrap()).unwrap()
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_diffusion"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn rows(v: &Value) -> (Vec<f64>, usize) {
+    let rows = v.as_array().unwrap();
+    (
+        rows.iter()
+            .flat_map(|r| r.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()))
+            .collect(),
+        rows.len(),
+    )
+}
+
+fn max_rel(a: &[f64], b: &[f64]) -> f64 {
+    let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+    a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+struct Dir(PathBuf);
+
+impl Dir {
+    fn new(tag: &str) -> Self {
+        let d = std::env::temp_dir().join(format!("diffusion-cli-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        Self(d)
+    }
+    fn path(&self, f: &str) -> String {
+        self.0.join(f).to_str().unwrap().to_string()
+    }
+}
+
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn case(name: &str) -> Value {
+    fixture("samplers.json")["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no case {name}"))
+        .clone()
+}
+
+/// Writes the oracle and a case's z; returns their paths.
+fn inputs(dir: &Dir, case: &Value) -> (String, String) {
+    let (z, n) = rows(&case["z"]);
+    let z_path = dir.path("z.npy");
+    NpyArray::from_f64(vec![n, z.len() / n], z)
+        .unwrap()
+        .write(&z_path)
+        .unwrap();
+    (
+        fixtures().join("gmm2d.json").to_str().unwrap().to_string(),
+        z_path,
+    )
+}
+
+#[test]
+fn samples_like_k_diffusion() {
+    let dir = Dir::new("kd");
+    for (name, sampler, extra) in [
+        ("k-diffusion/dpmpp_2m/karras25", "dpmpp-2m", vec!["--steps", "25"]),
+        ("k-diffusion/heun/karras10", "heun", vec!["--steps", "10"]),
+        (
+            "k-diffusion/lms/karras10",
+            "lms",
+            vec!["--steps", "10", "--order", "4"],
+        ),
+        ("k-diffusion/dpm_fast/nfe10", "dpm-fast", vec!["--nfe", "10"]),
+        ("k-diffusion/dpm_adaptive/default", "dpm-adaptive", vec![]),
+    ] {
+        let c = case(name);
+        let (oracle, z) = inputs(&dir, &c);
+        let out = dir.path("x.npy");
+        let mut args = vec![
+            "sample",
+            "--oracle",
+            &oracle,
+            "--init-noise",
+            &z,
+            "--out",
+            &out,
+            "--sampler",
+            sampler,
+        ];
+        args.extend(extra);
+        let result = run(&args);
+        assert!(
+            result.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let x = NpyArray::read(&out).unwrap().to_f64();
+        let dev = max_rel(&x, &rows(&c["x_final"]).0);
+        assert!(dev < 1e-7, "{name}: {dev:.2e}");
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(stderr.contains(&format!("NFE {}", c["nfe"])), "{name}: {stderr}");
+    }
+}
+
+#[test]
+fn samples_like_a_diffusers_scheduler_config() {
+    let dir = Dir::new("df");
+    for name in [
+        "diffusers/euler/eps/karras/N10",
+        "diffusers/dpmsolver_multistep/eps/dpmsolver++/o3/N10",
+        "diffusers/unipc/eps/bh2/N10",
+        "diffusers/flow_match_euler/shift3/N10",
+        "diffusers/ddim/eps/trailing/alpha_one_True/eta0/N10",
+    ] {
+        let c = case(name);
+        let (oracle, z) = inputs(&dir, &c);
+        let config = dir.path("scheduler_config.json");
+        std::fs::write(&config, c["config"].to_string()).unwrap();
+        let out = dir.path("x.npy");
+        let steps = c["num_inference_steps"].to_string();
+        let result = run(&[
+            "sample",
+            "--oracle",
+            &oracle,
+            "--init-noise",
+            &z,
+            "--out",
+            &out,
+            "--scheduler-config",
+            &config,
+            "--steps",
+            &steps,
+        ]);
+        assert!(
+            result.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        let dev = max_rel(&NpyArray::read(&out).unwrap().to_f64(), &rows(&c["x_final"]).0);
+        assert!(dev < 1e-7, "{name}: {dev:.2e}");
+        // f32 against diffusers' own float32 run.
+        let result = run(&[
+            "sample",
+            "--oracle",
+            &oracle,
+            "--init-noise",
+            &z,
+            "--out",
+            &out,
+            "--scheduler-config",
+            &config,
+            "--steps",
+            &steps,
+            "--dtype",
+            "f32",
+        ]);
+        assert!(result.status.success());
+        let x = NpyArray::read(&out).unwrap();
+        assert_eq!(x.dtype(), burn::tensor::DType::F32);
+        let dev = max_rel(&x.to_f64(), &rows(&c["x_final_f32"]).0);
+        assert!(dev < 1e-3, "{name} f32: {dev:.2e}");
+    }
+}
+
+#[test]
+fn schedule_prints_diffusers_fields() {
+    let dir = Dir::new("sch");
+    let all = fixture("schedules.json");
+    let t = all["timesteps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["scheduler"] == "EulerDiscreteScheduler" && c["config"]["timestep_spacing"] == "leading")
+        .unwrap();
+    let mut config = t["config"].clone();
+    config["_class_name"] = "EulerDiscreteScheduler".into();
+    let path = dir.path("cfg.json");
+    std::fs::write(&path, config.to_string()).unwrap();
+    let steps = t["num_inference_steps"].to_string();
+    let out = run(&[
+        "schedule",
+        "--scheduler-config",
+        &path,
+        "--steps",
+        &steps,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for key in [
+        "betas",
+        "alphas_cumprod",
+        "timesteps",
+        "sigmas",
+        "init_noise_sigma",
+    ] {
+        assert!(!v[key].is_null(), "{key} missing");
+    }
+    let ours: Vec<f64> = v["sigmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let reference: Vec<f64> = t["sigmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!(max_rel(&ours, &reference) < 1e-12);
+    assert!((v["init_noise_sigma"].as_f64().unwrap() - t["init_noise_sigma"].as_f64().unwrap()).abs() < 1e-9);
+    let out = run(&[
+        "schedule",
+        "--sigmas",
+        "karras:n=10,min=0.002,max=80,rho=7",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let karras = &fixture("schedules.json")["karras"][0];
+    let ours: Vec<f64> = v["sigmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    let reference: Vec<f64> = karras["sigmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    assert!(max_rel(&ours, &reference) < 1e-12);
+}
+
+#[test]
+fn bad_input_is_one_message_exit_2_and_nothing_written() {
+    let dir = Dir::new("bad");
+    let c = case("k-diffusion/euler/karras10");
+    let (oracle, z) = inputs(&dir, &c);
+    let out = dir.path("never.npy");
+    let wrong_shape = dir.path("wrong.npy");
+    NpyArray::from_f64(vec![2, 3], vec![0.0; 6])
+        .unwrap()
+        .write(&wrong_shape)
+        .unwrap();
+    let bad_json = dir.path("bad.json");
+    std::fs::write(&bad_json, "{\"weights\": [1.0], \"means\": [[0.0]]").unwrap();
+    let bad_config = dir.path("cfg.json");
+    std::fs::write(&bad_config, "{\"_class_name\": \"KarrasVeScheduler\"}").unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--sampler", "magic"], "unknown sampler `magic`"),
+        (
+            vec!["--sampler", "euler", "--eta", "1"],
+            "--eta does not apply to --sampler euler",
+        ),
+        (
+            vec!["--sampler", "euler", "--steps", "5", "--sigmas", "3,1,0"],
+            "not both",
+        ),
+        (
+            vec!["--sampler", "euler", "--sigmas", "karras:n=5"],
+            "missing `min=`",
+        ),
+        (
+            vec!["--sampler", "ddim", "--steps", "2000"],
+            "2000 inference steps",
+        ),
+        (
+            vec!["--scheduler-config", &bad_config, "--steps", "5"],
+            "KarrasVeScheduler` is not supported",
+        ),
+        (
+            vec!["--sampler", "euler", "--oracle-form", "vp-x"],
+            "unknown --oracle-form",
+        ),
+        (vec![], "give --sampler NAME or --scheduler-config FILE"),
+    ];
+    for (extra, message) in cases {
+        let mut args = vec!["sample", "--oracle", &oracle, "--init-noise", &z, "--out", &out];
+        args.extend(extra.iter().copied());
+        let r = run(&args);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(message), "{extra:?}: {stderr}");
+        assert!(!Path::new(&out).exists(), "{extra:?} wrote a file");
+    }
+    for (args, message) in [
+        (
+            vec![
+                "sample",
+                "--oracle",
+                &oracle,
+                "--init-noise",
+                &wrong_shape,
+                "--out",
+                &out,
+                "--sampler",
+                "euler",
+            ],
+            "expected shape [n, 2]",
+        ),
+        (
+            vec![
+                "sample",
+                "--oracle",
+                &bad_json,
+                "--init-noise",
+                &z,
+                "--out",
+                &out,
+                "--sampler",
+                "euler",
+            ],
+            "bad.json",
+        ),
+        (
+            vec![
+                "sample",
+                "--oracle",
+                &oracle,
+                "--init-noise",
+                &z,
+                "--out",
+                &out,
+                "--sampler",
+                "euler",
+                "--dtype",
+                "f16",
+            ],
+            "expected f32 or f64",
+        ),
+    ] {
+        let r = run(&args);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert_eq!(r.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(message), "{stderr}");
+        assert!(!Path::new(&out).exists());
+    }
+}
+
+#[test]
+fn every_named_sampler_runs_and_flow_odes_reach_the_data() {
+    let dir = Dir::new("all");
+    let c = case("k-diffusion/euler/karras10");
+    let (oracle, z) = inputs(&dir, &c);
+    let out = dir.path("x.npy");
+    for name in diffusion_cli::SAMPLER_NAMES {
+        let mut args = vec![
+            "sample",
+            "--oracle",
+            &oracle,
+            "--init-noise",
+            &z,
+            "--out",
+            &out,
+            "--sampler",
+            name,
+            "--final-denoise",
+        ];
+        if name.starts_with("ode-") || name == "flow-euler" {
+            args.extend(["--oracle-form", "flow"]);
+        }
+        if name == "ddpm" {
+            args.extend(["--steps", "100"]);
+        }
+        if name == "em" {
+            // Euler–Maruyama is first order in √h: it needs many steps.
+            args.extend(["--steps", "500"]);
+        }
+        let r = run(&args);
+        assert!(
+            r.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let x = NpyArray::read(&out).unwrap().to_f64();
+        // Every sample lands near one of the three means (±2.5 of their spread).
+        let means = [(-2.0, 0.0), (1.5, 1.5), (1.0, -2.0)];
+        for p in x.chunks(2) {
+            let near = means
+                .iter()
+                .any(|m| ((p[0] - m.0).powi(2) + (p[1] - m.1).powi(2)).sqrt() < 1.6);
+            assert!(near, "{name}: sample {p:?} is far from every mode");
+        }
+    }
+}
