@@ -9,7 +9,7 @@ use diffusion_samplers::{
     DiffusersScheduler, DiscreteModel, FlowConvention, FlowModel, ModelForm, SchedulerClass, StepOptions,
     TimestepInterpolation,
 };
-use diffusion_tests::{Replay, best_dtype, device, fixture, floats, gmm2d, matrix, tensor2};
+use diffusion_tests::{best_dtype, device, fixture, floats, gmm2d, matrix, replay, tensor2};
 use serde_json::Value;
 
 fn tolerance() -> f64 {
@@ -35,7 +35,7 @@ fn run_case(case: &Value) -> (Vec<f64>, usize, Vec<f64>) {
     let schedule = scheduler.schedule().clone();
     let (z, n) = matrix(&case["z"]);
     let x = tensor2(z, n, &device, dtype).mul_scalar(plan.sampler.init_noise_sigma());
-    let mut noise = Replay::from_json(&case["noise"]);
+    let mut noise = replay(&case["noise"]);
     let out = match scheduler.model_form().unwrap() {
         ModelForm::Discrete(p) => {
             let model = gm.discrete_model(&schedule, p, TimestepInterpolation::Sigma);
@@ -143,7 +143,7 @@ fn ddim_inversion_and_reconstruction_match() {
         );
         let denoiser = DiscreteModel::new(model, schedule.clone(), diffusion_ddpm::Prediction::Epsilon);
         let (x0, n) = matrix(&case["x0"]);
-        let none = || Replay::from_json(&Value::Null);
+        let none = || replay(&Value::Null);
         let inverted = plan
             .sampler
             .sample(&denoiser, tensor2(x0, n, &device, dtype), &mut none())
@@ -259,14 +259,10 @@ fn golden_values_of_diffusers_tests() {
         };
         let out = if scheduler.class() == SchedulerClass::FlowMatchEuler {
             let model = FlowModel::new(dummy, FlowConvention::DataToNoise, 1000.0);
-            plan.sampler
-                .sample(&model, x, &mut Replay::from_json(&Value::Null))
-                .unwrap()
+            plan.sampler.sample(&model, x, &mut replay(&Value::Null)).unwrap()
         } else {
             let model = DiscreteModel::new(dummy, scheduler.schedule().clone(), prediction);
-            plan.sampler
-                .sample(&model, x, &mut Replay::from_json(&Value::Null))
-                .unwrap()
+            plan.sampler.sample(&model, x, &mut replay(&Value::Null)).unwrap()
         };
         let ours = to_f64(&out.x);
         let dev = max_rel_deviation(&ours, &floats(&case["x_final"]));

@@ -10,7 +10,7 @@ use diffusion_samplers::{
     OdeMethod, Sampler, SolverType, TimestepInterpolation, VeGrid,
 };
 use diffusion_schedules::{DiscreteSchedule, SigmaGrid};
-use diffusion_tests::{Replay, best_dtype, device, fixture, floats, gmm2d, matrix, tensor2};
+use diffusion_tests::{best_dtype, device, fixture, floats, gmm2d, matrix, replay, tensor2};
 use serde_json::Value;
 
 fn cases(prefix: &str) -> Vec<Value> {
@@ -87,7 +87,7 @@ fn deviation(case: &Value) -> f64 {
         case["name"]
     );
     let x = tensor2(z, n, &device, dtype).mul_scalar(init);
-    let mut noise = Replay::from_json(&case["noise"]);
+    let mut noise = replay(&case["noise"]);
     let gm = gmm2d();
     let out = sampler.sample(&gm, x, &mut noise).unwrap();
     assert_eq!(
@@ -148,9 +148,7 @@ fn discrete_eps_model_matches_k_diffusion() {
         let sampler = EdmSampler::new(grid(&case), OdeMethod::Euler);
         let (z, n) = matrix(&case["z"]);
         let x = tensor2(z, n, &device, dtype).mul_scalar(sampler.init_noise_sigma());
-        let out = sampler
-            .sample(&denoiser, x, &mut Replay::from_json(&case["noise"]))
-            .unwrap();
+        let out = sampler.sample(&denoiser, x, &mut replay(&case["noise"])).unwrap();
         let dev = max_rel_deviation(&to_f64(&out.x), &matrix(&case["x_final"]).0);
         assert!(dev < tolerance(), "{}: {dev:.2e}", case["name"]);
     }
@@ -178,12 +176,7 @@ fn per_sample_adaptive_does_not_depend_on_the_batch() {
             dtype,
         )
         .mul_scalar(80.0);
-        to_f64(
-            &sampler
-                .sample(&gm, x, &mut Replay::from_json(&Value::Null))
-                .unwrap()
-                .x,
-        )
+        to_f64(&sampler.sample(&gm, x, &mut replay(&Value::Null)).unwrap().x)
     };
     let all = run(0..6);
     let last = run(5..6);

@@ -6,7 +6,7 @@ use diffusion_samplers::{
     Dopri5, FixedStep, FlowConvention, FlowTime, GaussianMixture, OdeSampler, OdeSystem, ProbabilityFlow,
     Sampler,
 };
-use diffusion_tests::{Replay, best_dtype, device, tensor2};
+use diffusion_tests::{best_dtype, device, replay, tensor2};
 
 /// x' = −x·t on [0, 2]: x(t) = x₀ e^{−t²/2}.
 fn decay(x: Tensor<2>, t: f64) -> Tensor<2> {
@@ -106,7 +106,7 @@ fn probability_flow_matches_the_gaussian_closed_form() {
         .sample(
             &gm,
             tensor2(x0.to_vec(), 2, &device, dtype),
-            &mut Replay::from_json(&serde_json::Value::Null),
+            &mut replay(&serde_json::Value::Null),
         )
         .unwrap();
     for (a, b) in to_f64(&out.x).iter().zip(&exact) {
@@ -138,7 +138,7 @@ fn flow_ode_in_both_conventions_is_the_same_path() {
         FixedStep::Rk4,
         backward,
     );
-    let none = || Replay::from_json(&serde_json::Value::Null);
+    let none = || replay(&serde_json::Value::Null);
     let xa = to_f64(&a.sample(&gm, z.clone(), &mut none()).unwrap().x);
     let xb = to_f64(&b.sample(&gm, z, &mut none()).unwrap().x);
     let tol = if dtype == DType::F64 { 1e-10 } else { 1e-4 };

@@ -101,56 +101,13 @@ pub fn assert_close(what: &str, ours: &[f64], reference: &[f64], tol: f64) {
     );
 }
 
-/// Replays a fixed list of noise arrays, in order: the noise a reference implementation drew.
-pub struct Replay {
-    arrays: Vec<Vec<f64>>,
-    next: usize,
-}
-
-impl Replay {
-    /// From a JSON list of `[n][d]` arrays.
-    pub fn from_json(v: &serde_json::Value) -> Self {
-        let arrays = v
-            .as_array()
+/// The noise draws of a fixture case (a JSON list of `[n][d]` arrays), replayed in order.
+pub fn replay(v: &serde_json::Value) -> diffusion_core::noise::Replay {
+    diffusion_core::noise::Replay::new(
+        v.as_array()
             .map(|list| list.iter().map(|a| matrix(a).0).collect())
-            .unwrap_or_default();
-        Self { arrays, next: 0 }
-    }
-
-    /// How many arrays were consumed.
-    pub fn consumed(&self) -> usize {
-        self.next
-    }
-
-    /// How many arrays there are.
-    pub fn len(&self) -> usize {
-        self.arrays.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.arrays.is_empty()
-    }
-}
-
-impl diffusion_core::noise::NoiseSource for Replay {
-    fn normal(&mut self, n: usize, features: usize) -> Vec<f64> {
-        let a = self.arrays.get(self.next).unwrap_or_else(|| {
-            panic!(
-                "the sampler asked for noise draw {} of {}",
-                self.next + 1,
-                self.arrays.len()
-            )
-        });
-        assert_eq!(
-            a.len(),
-            n * features,
-            "noise draw {} has the wrong size",
-            self.next
-        );
-        self.next += 1;
-        a.clone()
-    }
+            .unwrap_or_default(),
+    )
 }
 
 /// The mixture of `tests/fixtures/gmm2d.json`.

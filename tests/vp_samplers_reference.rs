@@ -9,7 +9,7 @@ use diffusion_core::tensor::{max_rel_deviation, to_f64};
 use diffusion_ddpm::Prediction;
 use diffusion_samplers::{Ddim, Ddpm, DiscreteModel, Sampler, TimestepInterpolation, VarianceType, VpStep};
 use diffusion_schedules::DiscreteSchedule;
-use diffusion_tests::{Replay, best_dtype, device, fixture, floats, gmm2d, matrix, tensor2};
+use diffusion_tests::{best_dtype, device, fixture, floats, gmm2d, matrix, replay, tensor2};
 use serde_json::Value;
 
 fn schedule(config: &Value) -> DiscreteSchedule {
@@ -47,7 +47,7 @@ fn run_case(
     let sampler = build(&schedule, &timesteps, case);
     let (z, n) = matrix(&case["z"]);
     let x = tensor2(z, n, &device, dtype).mul_scalar(sampler.init_noise_sigma());
-    let mut noise = Replay::from_json(&case["noise"]);
+    let mut noise = replay(&case["noise"]);
     let out = sampler.sample(&denoiser, x, &mut noise).unwrap();
     let reference = if dtype == DType::F64 {
         &case["x_final"]

@@ -77,7 +77,7 @@ struct SampleArgs {
     /// Precision: f32 or f64.
     #[arg(long, default_value = "f64")]
     dtype: Precision,
-    /// Backend: flex, ndarray, wgpu, cuda[:i] (as compiled in).
+    /// Backend: flex, ndarray, wgpu, cuda (optionally with `:index`), as compiled in.
     #[arg(long, default_value = "flex")]
     backend: DeviceSpec,
     /// A diffusers scheduler_config.json: its class, grid, defaults and model form.

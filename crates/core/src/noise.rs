@@ -133,6 +133,56 @@ impl NoiseSource for SampleNoise {
     }
 }
 
+/// Replays a fixed list of draws in order: the noise a reference implementation drew, so that
+/// a stochastic sampler can be compared with it exactly.
+#[derive(Clone, Debug, Default)]
+pub struct Replay {
+    draws: Vec<Vec<f64>>,
+    next: usize,
+}
+
+impl Replay {
+    /// Replays `draws`, each `n · features` values row-major.
+    pub fn new(draws: Vec<Vec<f64>>) -> Self {
+        Self { draws, next: 0 }
+    }
+
+    /// How many draws were taken.
+    pub fn consumed(&self) -> usize {
+        self.next
+    }
+
+    /// How many draws there are.
+    pub fn len(&self) -> usize {
+        self.draws.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.draws.is_empty()
+    }
+}
+
+impl NoiseSource for Replay {
+    /// # Panics
+    /// When the sampler asks for more draws than were recorded, or of another size: the
+    /// sampler and the recording disagree, which is what a replay exists to catch.
+    fn normal(&mut self, n: usize, features: usize) -> Vec<f64> {
+        let draw = self
+            .draws
+            .get(self.next)
+            .unwrap_or_else(|| panic!("draw {} asked of a replay of {}", self.next + 1, self.draws.len()));
+        assert_eq!(
+            draw.len(),
+            n * features,
+            "replayed draw {} has the wrong size",
+            self.next
+        );
+        self.next += 1;
+        draw.clone()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -132,7 +132,7 @@ impl DpmSolverFast {
     /// The order of each step.
     pub fn orders(&self) -> Vec<usize> {
         let m = self.nfe / 3 + 1;
-        if self.nfe % 3 == 0 {
+        if self.nfe.is_multiple_of(3) {
             let mut o = vec![3; m.saturating_sub(2)];
             o.extend([2, 1]);
             o

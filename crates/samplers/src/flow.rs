@@ -8,7 +8,7 @@
 //!
 //! With D = E[data | x] (the denoiser at α = data coefficient, σ = noise coefficient) and
 //! ε̂ = (x − α D)/σ, the velocity is D − ε̂ (noise → data). At σ = 0 the noise is independent
-//! of x, so ε̂ = E[ε] = 0 and the velocity is D.
+//! of x, so ε̂ = E(ε) = 0 and the velocity is D.
 
 use burn::tensor::Tensor;
 use diffusion_core::tensor::from_f64_like;

@@ -60,8 +60,8 @@ impl UniPc {
         -self.grid.sigma(i).ln()
     }
 
-    /// The weights of an update of `order` from σ_s to σ_t = σ_s e^{−h}: (hφ₁, B(h), R, b).
-    fn coefficients(&self, h: f64, order: usize, rks: &[f64]) -> (f64, f64, Vec<Vec<f64>>, Vec<f64>) {
+    /// The weights of an update of `order` from σ_s to σ_t = σ_s e^{−h}.
+    fn coefficients(&self, h: f64, order: usize, rks: &[f64]) -> Coefficients {
         let hh = if self.predict_x0 { -h } else { h };
         let h_phi_1 = hh.exp_m1();
         let mut h_phi_k = h_phi_1 / hh - 1.0;
@@ -78,7 +78,7 @@ impl UniPc {
             fac *= (k + 1) as f64;
             h_phi_k = h_phi_k / hh - 1.0 / fac;
         }
-        (h_phi_1, b_h, r, b)
+        Coefficients { h_phi_1, b_h, r, b }
     }
 
     /// The update x' = (σ_t/σ_s) x − hφ₁ m₀ − B(h) Σ ρₖ Dₖ (data prediction) or
@@ -86,13 +86,12 @@ impl UniPc {
     fn apply(
         &self,
         x: Tensor<2>,
-        s: usize,
-        t: usize,
+        (s, t): (usize, usize),
         m0: &Tensor<2>,
-        h_phi_1: f64,
-        b_h: f64,
+        c: &Coefficients,
         res: Option<Tensor<2>>,
     ) -> Tensor<2> {
+        let (h_phi_1, b_h) = (c.h_phi_1, c.b_h);
         let (sigma_s, sigma_t) = (self.grid.sigma(s), self.grid.sigma(t));
         let (x_coef, out_coef) = if self.predict_x0 {
             (sigma_t / sigma_s, 1.0)
@@ -128,6 +127,14 @@ impl UniPc {
     }
 }
 
+/// The weights of one UniPC update: hφ₁, B(h) and the system R ρ = b of the ρs.
+struct Coefficients {
+    h_phi_1: f64,
+    b_h: f64,
+    r: Vec<Vec<f64>>,
+    b: Vec<f64>,
+}
+
 /// Solves the small linear system A ρ = b by Gaussian elimination with partial pivoting.
 fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
     let n = b.len();
@@ -139,8 +146,9 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Vec<f64> {
         b.swap(col, pivot);
         for row in col + 1..n {
             let f = a[row][col] / a[col][col];
-            for k in col..n {
-                a[row][k] -= f * a[col][k];
+            let (upper, lower) = a.split_at_mut(row);
+            for (target, pivot) in lower[0][col..].iter_mut().zip(&upper[col][col..]) {
+                *target -= f * pivot;
             }
             b[row] -= f * b[col];
         }
@@ -192,14 +200,18 @@ impl Sampler for UniPc {
             {
                 let h = self.lambda(i) - self.lambda(i - 1);
                 let (ds, rks) = self.differences(&history, i - 1, h, prev_order);
-                let (h_phi_1, b_h, r, b) = self.coefficients(h, prev_order, &rks);
-                let rhos = if prev_order == 1 { vec![0.5] } else { solve(r, b) };
+                let c = self.coefficients(h, prev_order, &rks);
+                let rhos = if prev_order == 1 {
+                    vec![0.5]
+                } else {
+                    solve(c.r.clone(), c.b.clone())
+                };
                 let d1_t = m.clone() - history[0].clone();
                 let res = weighted(&ds, &rhos[..rhos.len() - 1])
                     .map_or(d1_t.clone().mul_scalar(rhos[rhos.len() - 1]), |c| {
                         c + d1_t.clone().mul_scalar(rhos[rhos.len() - 1])
                     });
-                x = self.apply(prev, i - 1, i, &history[0], h_phi_1, b_h, Some(res));
+                x = self.apply(prev, (i - 1, i), &history[0], &c, Some(res));
             }
             history.insert(0, m);
             history.truncate(self.order);
@@ -219,19 +231,19 @@ impl Sampler for UniPc {
                 continue;
             }
             let (ds, rks) = self.differences(&history, i, h, order);
-            let (h_phi_1, b_h, r, b) = self.coefficients(h, order, &rks);
+            let c = self.coefficients(h, order, &rks);
             let rhos: Vec<f64> = match order {
                 1 => Vec::new(),
                 2 => vec![0.5],
                 _ => solve(
-                    r[..order - 1]
+                    c.r[..order - 1]
                         .iter()
                         .map(|row| row[..order - 1].to_vec())
                         .collect(),
-                    b[..order - 1].to_vec(),
+                    c.b[..order - 1].to_vec(),
                 ),
             };
-            x = self.apply(x, i, i + 1, &history[0], h_phi_1, b_h, weighted(&ds, &rhos));
+            x = self.apply(x, (i, i + 1), &history[0], &c, weighted(&ds, &rhos));
             prev_order = order;
             lower_order_nums = (lower_order_nums + 1).min(self.order);
             observer(i, &x);
