@@ -3,6 +3,7 @@
 # between them never rebuilds burn.
 
 set positional-arguments
+set shell := ["bash", "-uc"]
 
 # List the recipes.
 default:
@@ -45,6 +46,7 @@ check-cuda:
 fixtures python="python3":
     {{python}} scripts/fixtures/schedules.py
     {{python}} scripts/fixtures/samplers.py
+    {{python}} scripts/fixtures/diffusers_golden.py
 
 # Everything CI runs.
 ci:
