@@ -36,12 +36,12 @@ pub fn sample_rng(seed: u64, sample: u64) -> ChaCha12Rng {
 }
 
 /// A uniform number in `[0, 1)` with 53 random bits.
-pub fn uniform(rng: &mut impl Rng) -> f64 {
+pub fn uniform<R: Rng + ?Sized>(rng: &mut R) -> f64 {
     (rng.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
 }
 
 /// Fills `out` with standard normal numbers (Box–Muller, see the module documentation).
-pub fn fill_normal(rng: &mut impl Rng, out: &mut [f64]) {
+pub fn fill_normal<R: Rng + ?Sized>(rng: &mut R, out: &mut [f64]) {
     for pair in out.chunks_mut(2) {
         let u1 = uniform(rng);
         let u2 = uniform(rng);

@@ -31,6 +31,20 @@ pub enum DdpmError {
         /// The batch size.
         batch: usize,
     },
+    /// Learned variance was asked for but the network output has no variance head.
+    #[error(
+        "the reverse-step variance is learned, but the network output has no variance head: \
+         it must have twice the data channels (mean, then variance) along dimension 1"
+    )]
+    MissingVarianceHead,
+    /// A respacing that cannot be built.
+    #[error("invalid timestep respacing `{spec}`: {reason}")]
+    InvalidRespacing {
+        /// The specification.
+        spec: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A prediction name we do not know.
     #[error("unknown prediction type `{0}`: expected epsilon, sample, v_prediction or score")]
     UnknownPrediction(String),

@@ -5,17 +5,32 @@
 //! - [`forward`]: q(x_t | x₀) in closed form on any discrete schedule;
 //! - [`parameterization`]: ε, x₀, v and score predictions and the conversions between them
 //!   (Tweedie's formula links the score to the denoiser);
-//! - [`loss`]: the L_simple objective;
-//! - [`timesteps`]: training timestep samplers.
+//! - [`posterior`]: q(x_{t−1} | x_t, x₀), its mean coefficients and (clipped) variance;
+//! - [`variance`]: fixed and learned (Improved DDPM) reverse-step variances;
+//! - [`loss`]: L_simple, the hybrid loss with its stop-gradient, the bound, offset noise;
+//! - [`weighting`]: min-SNR-γ, P2, SNR and EDM weightings in any prediction space;
+//! - [`vlb`]: the variational bound term by term, in bits per dimension;
+//! - [`timesteps`]: uniform and loss-aware (importance) timestep samplers;
+//! - [`respace`]: Improved DDPM's timestep respacing for faster sampling.
 
 pub mod error;
 pub mod forward;
 pub mod loss;
 pub mod parameterization;
+pub mod posterior;
+pub mod respace;
 pub mod timesteps;
+pub mod variance;
+pub mod vlb;
+pub mod weighting;
 
 pub use error::DdpmError;
 pub use forward::ForwardProcess;
-pub use loss::SimpleLoss;
+pub use loss::{DdpmLoss, LossTerms, LossType, SimpleLoss, offset_noise};
 pub use parameterization::Prediction;
-pub use timesteps::UniformTimesteps;
+pub use posterior::Posterior;
+pub use respace::{Respaced, space_timesteps};
+pub use timesteps::{LossAwareTimesteps, TimestepSampler, UniformTimesteps};
+pub use variance::{ModelVariance, split_variance_head};
+pub use vlb::{Decoder, Vlb, VlbReport};
+pub use weighting::Weighting;
