@@ -218,9 +218,6 @@ fn golden_values_of_diffusers_tests() {
         if !plain || case["x_final"].is_null() || case["add_noise"].is_object() || !case["noise"].is_null() {
             continue;
         }
-        if case["config"]["thresholding"].as_bool() == Some(true) {
-            continue; // dynamic thresholding: tested with the DDPM losses
-        }
         let mut config = case["config_full"].clone();
         if config.is_string() {
             config = serde_json::from_str(config.as_str().unwrap()).unwrap();

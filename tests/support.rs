@@ -61,7 +61,13 @@ pub fn floats(v: &serde_json::Value) -> Vec<f64> {
     v.as_array()
         .unwrap_or_else(|| panic!("expected an array, got {v}"))
         .iter()
-        .map(|x| x.as_f64().unwrap_or_else(|| panic!("expected a number, got {x}")))
+        .map(|x| match x.as_str() {
+            // Python writes non-finite floats as these words; fixtures store them as strings.
+            Some("NaN") => f64::NAN,
+            Some("Infinity") => f64::INFINITY,
+            Some("-Infinity") => f64::NEG_INFINITY,
+            _ => x.as_f64().unwrap_or_else(|| panic!("expected a number, got {x}")),
+        })
         .collect()
 }
 

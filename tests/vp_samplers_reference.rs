@@ -132,10 +132,11 @@ fn ddpm_matches_diffusers() {
             Box::new(Ddpm {
                 steps: ddpm_steps(schedule, timesteps),
                 variance: serde_json::from_value::<VarianceType>(config["variance_type"].clone()).unwrap(),
-                clip_sample: config["clip_sample"]
-                    .as_bool()
-                    .unwrap()
-                    .then(|| config["clip_sample_range"].as_f64().unwrap()),
+                clip_sample: config["clip_sample"].as_bool().unwrap().then(|| {
+                    diffusion_ddpm::X0Clip::Static {
+                        range: config["clip_sample_range"].as_f64().unwrap(),
+                    }
+                }),
             })
         });
         assert!(

@@ -3,6 +3,7 @@
 //! Denoising diffusion probabilistic models (Ho et al. 2020), usable with any backbone:
 //!
 //! - [`forward`]: q(x_t | x₀) in closed form on any discrete schedule;
+//! - [`clip`]: static clipping and dynamic thresholding of x̂₀;
 //! - [`parameterization`]: ε, x₀, v and score predictions and the conversions between them
 //!   (Tweedie's formula links the score to the denoiser);
 //! - [`posterior`]: q(x_{t−1} | x_t, x₀), its mean coefficients and (clipped) variance;
@@ -13,6 +14,7 @@
 //! - [`timesteps`]: uniform and loss-aware (importance) timestep samplers;
 //! - [`respace`]: Improved DDPM's timestep respacing for faster sampling.
 
+pub mod clip;
 pub mod error;
 pub mod forward;
 pub mod loss;
@@ -24,6 +26,7 @@ pub mod variance;
 pub mod vlb;
 pub mod weighting;
 
+pub use clip::X0Clip;
 pub use error::DdpmError;
 pub use forward::ForwardProcess;
 pub use loss::{DdpmLoss, LossTerms, LossType, SimpleLoss, offset_noise};

@@ -125,10 +125,10 @@ pub struct VlbReport {
     pub terms: Vec<Tensor<1>>,
     /// Σ_t L_t + L_T.
     pub total: Tensor<1>,
-    /// ‖x̂₀ − x₀‖² averaged over dimensions and timesteps.
-    pub x0_mse: Tensor<1>,
-    /// ‖ε̂ − ε‖² averaged over dimensions and timesteps.
-    pub eps_mse: Tensor<1>,
+    /// ‖x̂₀ − x₀‖² averaged over dimensions, for t = 0 … T−1.
+    pub x0_mse: Vec<Tensor<1>>,
+    /// ‖ε̂ − ε‖² averaged over dimensions (ε̂ derived from x̂₀), for t = 0 … T−1.
+    pub eps_mse: Vec<Tensor<1>>,
 }
 
 impl Vlb {
@@ -247,8 +247,8 @@ impl Vlb {
         )
     }
 
-    /// The whole bound of a batch over all T terms (Ho et al. 2020, eq. 5): for each t,
-    /// x_t = q(x_t | x₀) with `noise(t)`, one network call, and L_t; plus L_T.
+    /// The whole bound of a batch over all T terms (Ho et al. 2020, eq. 5): for each t, from
+    /// T−1 down to 0, x_t = q(x_t | x₀) with `noise(t)`, one network call, and L_t; plus L_T.
     pub fn evaluate<const D: usize>(
         &self,
         model: impl Fn(Tensor<D>, Tensor<1>) -> Tensor<D>,
@@ -258,8 +258,8 @@ impl Vlb {
         let n = x0.dims()[0];
         let t_len = self.forward.num_timesteps();
         let mut terms = vec![None; t_len];
-        let mut x0_mse = mean_flat(x0.zeros_like());
-        let mut eps_mse = x0_mse.clone();
+        let mut x0_mse = vec![None; t_len];
+        let mut eps_mse = vec![None; t_len];
         for t in (0..t_len).rev() {
             let ts = vec![t; n];
             let eps = noise(t);
@@ -269,10 +269,15 @@ impl Vlb {
             terms[t] = Some(self.term(&step, x0.clone(), x_t.clone(), &ts)?);
             let (alpha, sigma) = self.forward.coefficients(&ts)?;
             let eps_hat = Prediction::Epsilon.from_x0(step.x0.clone(), x_t, &alpha, &sigma);
-            x0_mse = x0_mse + mean_flat((step.x0 - x0.clone()).square());
-            eps_mse = eps_mse + mean_flat((eps_hat - eps).square());
+            x0_mse[t] = Some(mean_flat((step.x0 - x0.clone()).square()));
+            eps_mse[t] = Some(mean_flat((eps_hat - eps).square()));
         }
-        let terms: Vec<Tensor<1>> = terms.into_iter().map(|t| t.expect("every t visited")).collect();
+        let visited = |v: Vec<Option<Tensor<1>>>| {
+            v.into_iter()
+                .map(|t| t.expect("every t visited"))
+                .collect::<Vec<_>>()
+        };
+        let terms = visited(terms);
         let prior = self.prior(x0)?;
         let total = terms.iter().cloned().fold(prior.clone(), |acc, t| acc + t);
         Ok(VlbReport {
@@ -280,8 +285,8 @@ impl Vlb {
             prior,
             terms,
             total,
-            x0_mse: x0_mse.div_scalar(t_len as f64),
-            eps_mse: eps_mse.div_scalar(t_len as f64),
+            x0_mse: visited(x0_mse),
+            eps_mse: visited(eps_mse),
         })
     }
 }

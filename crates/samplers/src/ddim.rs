@@ -3,6 +3,7 @@
 
 use burn::tensor::Tensor;
 use diffusion_core::noise::NoiseSource;
+use diffusion_ddpm::X0Clip;
 
 use crate::denoiser::{Counted, Denoiser, eps_from_x0};
 use crate::level::NoiseLevel;
@@ -16,8 +17,8 @@ pub struct Ddim {
     pub steps: Vec<VpStep>,
     /// η: 0 deterministic, 1 ancestral.
     pub eta: f64,
-    /// Clamp x̂₀ to [−c, c] (diffusers' `clip_sample` with `clip_sample_range`).
-    pub clip_sample: Option<f64>,
+    /// Keep x̂₀ in range: static clipping (diffusers' `clip_sample`) or dynamic thresholding.
+    pub clip_sample: Option<X0Clip>,
 }
 
 impl Ddim {
@@ -56,7 +57,7 @@ impl Sampler for Ddim {
             let eps = eps_from_x0(x, x0.clone(), &level);
             let x0 = clip(x0, self.clip_sample);
             let spread = self.spread(step);
-            let z = (step.add_noise && spread > 0.0).then(|| (noise_like(noise, &eps), spread));
+            let z = (step.add_noise && spread > 0.0).then(|| noise_like(noise, &eps).mul_scalar(spread));
             x = generalized_step(step, x0, eps, spread, z);
             observer(i, &x);
         }
@@ -67,10 +68,10 @@ impl Sampler for Ddim {
     }
 }
 
-/// x̂₀ clamped to [−c, c] when clipping is on.
-pub(crate) fn clip(x0: Tensor<2>, range: Option<f64>) -> Tensor<2> {
-    match range {
-        Some(c) => x0.clamp(-c, c),
+/// x̂₀ kept in range when clipping is on.
+pub(crate) fn clip(x0: Tensor<2>, clip: Option<X0Clip>) -> Tensor<2> {
+    match clip {
+        Some(c) => c.apply(x0),
         None => x0,
     }
 }

@@ -42,7 +42,7 @@ pub struct DdimInversion {
     /// Where ε̂ is taken.
     pub eval: InversionEval,
     /// Clamp x̂₀ to [−c, c] (ε̂ is kept, as diffusers does).
-    pub clip_sample: Option<f64>,
+    pub clip_sample: Option<diffusion_ddpm::X0Clip>,
 }
 
 impl Sampler for DdimInversion {

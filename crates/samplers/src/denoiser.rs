@@ -9,7 +9,7 @@ use std::cell::Cell;
 
 use burn::tensor::Tensor;
 use diffusion_core::tensor::from_f64_like;
-use diffusion_ddpm::Prediction;
+use diffusion_ddpm::{Prediction, X0Clip};
 use diffusion_schedules::DiscreteSchedule;
 
 use crate::level::NoiseLevel;
@@ -21,17 +21,29 @@ use crate::level::NoiseLevel;
 pub trait Denoiser {
     /// E[x₀ | x] at the noise level `level`.
     fn denoise(&self, x: Tensor<2>, level: NoiseLevel) -> Tensor<2>;
+
+    /// The estimate together with, for a network that learns its reverse-step variance
+    /// (Improved DDPM), the raw output of its variance head — from one evaluation.
+    fn denoise_with_variance(&self, x: Tensor<2>, level: NoiseLevel) -> (Tensor<2>, Option<Tensor<2>>) {
+        (self.denoise(x, level), None)
+    }
 }
 
 impl<T: Denoiser + ?Sized> Denoiser for &T {
     fn denoise(&self, x: Tensor<2>, level: NoiseLevel) -> Tensor<2> {
         (**self).denoise(x, level)
     }
+    fn denoise_with_variance(&self, x: Tensor<2>, level: NoiseLevel) -> (Tensor<2>, Option<Tensor<2>>) {
+        (**self).denoise_with_variance(x, level)
+    }
 }
 
 impl<T: Denoiser + ?Sized> Denoiser for Box<T> {
     fn denoise(&self, x: Tensor<2>, level: NoiseLevel) -> Tensor<2> {
         (**self).denoise(x, level)
+    }
+    fn denoise_with_variance(&self, x: Tensor<2>, level: NoiseLevel) -> (Tensor<2>, Option<Tensor<2>>) {
+        (**self).denoise_with_variance(x, level)
     }
 }
 
@@ -61,24 +73,33 @@ impl Denoiser for Counted<'_> {
         self.calls.set(self.calls.get() + 1);
         self.inner.denoise(x, level)
     }
+    fn denoise_with_variance(&self, x: Tensor<2>, level: NoiseLevel) -> (Tensor<2>, Option<Tensor<2>>) {
+        self.calls.set(self.calls.get() + 1);
+        self.inner.denoise_with_variance(x, level)
+    }
 }
 
-/// A denoiser whose estimate is clamped to [−c, c] (diffusers' `clip_sample`).
+/// A denoiser whose estimate is kept in range: clipped (diffusers' `clip_sample`) or
+/// dynamically thresholded (`thresholding`).
 pub struct Clipped<'a> {
     inner: &'a dyn Denoiser,
-    range: f64,
+    clip: X0Clip,
 }
 
 impl<'a> Clipped<'a> {
-    /// Clamps the estimates of `inner` to [−range, range].
-    pub fn new(inner: &'a dyn Denoiser, range: f64) -> Self {
-        Self { inner, range }
+    /// Keeps the estimates of `inner` in range by `clip`.
+    pub fn new(inner: &'a dyn Denoiser, clip: X0Clip) -> Self {
+        Self { inner, clip }
     }
 }
 
 impl Denoiser for Clipped<'_> {
     fn denoise(&self, x: Tensor<2>, level: NoiseLevel) -> Tensor<2> {
-        self.inner.denoise(x, level).clamp(-self.range, self.range)
+        self.clip.apply(self.inner.denoise(x, level))
+    }
+    fn denoise_with_variance(&self, x: Tensor<2>, level: NoiseLevel) -> (Tensor<2>, Option<Tensor<2>>) {
+        let (x0, head) = self.inner.denoise_with_variance(x, level);
+        (self.clip.apply(x0), head)
     }
 }
 
@@ -94,6 +115,7 @@ pub struct DiscreteModel<F> {
     schedule: DiscreteSchedule,
     prediction: Prediction,
     quantize: bool,
+    learned_variance: bool,
 }
 
 impl<F> DiscreteModel<F>
@@ -107,7 +129,15 @@ where
             schedule,
             prediction,
             quantize: false,
+            learned_variance: false,
         }
+    }
+
+    /// The network also outputs a variance head: its output is `[n, 2F]`, the prediction
+    /// first and the variance values second (channel-first flattening of `[n, 2C, …]`).
+    pub fn with_learned_variance(mut self) -> Self {
+        self.learned_variance = true;
+        self
     }
 
     /// Rounds recovered timesteps to the nearest training timestep.
@@ -136,13 +166,22 @@ where
     F: Fn(Tensor<2>, Tensor<1>) -> Tensor<2>,
 {
     fn denoise(&self, x: Tensor<2>, level: NoiseLevel) -> Tensor<2> {
+        self.denoise_with_variance(x, level).0
+    }
+
+    fn denoise_with_variance(&self, x: Tensor<2>, level: NoiseLevel) -> (Tensor<2>, Option<Tensor<2>>) {
         let vp = level.to_vp();
         let t = self.timestep(&level);
-        let n = x.dims()[0];
+        let [n, f] = x.dims();
         let x_t = x.div_scalar(level.scale());
         let t_tensor = from_f64_like(vec![t; n], [n], &x_t);
         let out = (self.model)(x_t.clone(), t_tensor);
-        self.prediction.to_x0(out, x_t, &[vp.alpha], &[vp.sigma])
+        let (mean, head) = if self.learned_variance {
+            (out.clone().narrow(1, 0, f), Some(out.narrow(1, f, f)))
+        } else {
+            (out, None)
+        };
+        (self.prediction.to_x0(mean, x_t, &[vp.alpha], &[vp.sigma]), head)
     }
 }
 

@@ -26,7 +26,7 @@
 
 use std::path::Path;
 
-use diffusion_ddpm::Prediction;
+use diffusion_ddpm::{Prediction, X0Clip};
 use diffusion_schedules::numeric::{arange_numpy, linspace_numpy, linspace_torch, round_half_even};
 use diffusion_schedules::{
     BetaSchedule, DiscreteSchedule, SigmaGrid, TimestepSpacing, flow_match_sigmas, timesteps,
@@ -43,7 +43,7 @@ use crate::edm::EdmSampler;
 use crate::lms::Lms;
 use crate::pf_ode::FlowMatchEuler;
 use crate::pndm::Pndm;
-use crate::sampler::Sampler;
+use crate::sampler::{Sampler, WithClippedDenoiser};
 use crate::single_step::OdeMethod;
 use crate::unipc::{UniPc, UniPcVariant};
 use crate::ve::{InVpCoordinates, VeGrid};
@@ -443,8 +443,22 @@ impl DiffusersScheduler {
 
     fn check_unsupported(&self) -> Result<()> {
         let on = |k: &str| self.get(k).is_some_and(|v| v.as_bool() == Some(true));
+        if on("thresholding")
+            && !matches!(
+                self.class,
+                SchedulerClass::Ddpm
+                    | SchedulerClass::Ddim
+                    | SchedulerClass::DpmSolverMultistep
+                    | SchedulerClass::UniPc
+            )
+        {
+            return Err(unsupported(
+                "thresholding",
+                "true",
+                &format!(" for {}", self.class.name()),
+            ));
+        }
         for key in [
-            "thresholding",
             "use_dynamic_shifting",
             "invert_sigmas",
             "stochastic_sampling",
@@ -470,18 +484,8 @@ impl DiffusersScheduler {
             return Err(unsupported(
                 "variance_type",
                 &v.to_string(),
-                " (learned variance arrives with the DDPM losses)",
+                " for DPMSolverMultistepScheduler (sample a learned-variance model with DDPMScheduler)",
             ));
-        }
-        if self.class == SchedulerClass::Ddpm {
-            let v = self.str_or("variance_type", "fixed_small")?;
-            if v.starts_with("learned") {
-                return Err(unsupported(
-                    "variance_type",
-                    &v,
-                    " (learned variance arrives with the DDPM losses)",
-                ));
-            }
         }
         Ok(())
     }
@@ -504,13 +508,22 @@ impl DiffusersScheduler {
         }
     }
 
-    fn clip(&self) -> Result<Option<f64>> {
+    /// `thresholding` (dynamic) or `clip_sample` (static), as the class applies them.
+    fn clip(&self) -> Result<Option<X0Clip>> {
+        if self.bool_or("thresholding", false)? {
+            return Ok(Some(X0Clip::Dynamic {
+                ratio: self.f64_or("dynamic_thresholding_ratio", 0.995)?,
+                max_value: self.f64_or("sample_max_value", 1.0)?,
+            }));
+        }
         let default = matches!(
             self.class,
             SchedulerClass::Ddpm | SchedulerClass::Ddim | SchedulerClass::DdimInverse
         );
         Ok(if self.bool_or("clip_sample", default)? {
-            Some(self.f64_or("clip_sample_range", 1.0)?)
+            Some(X0Clip::Static {
+                range: self.f64_or("clip_sample_range", 1.0)?,
+            })
         } else {
             None
         })
@@ -544,6 +557,8 @@ impl DiffusersScheduler {
             "fixed_small_log" => VarianceType::FixedSmallLog,
             "fixed_large" => VarianceType::FixedLarge,
             "fixed_large_log" => VarianceType::FixedLargeLog,
+            "learned" => VarianceType::Learned,
+            "learned_range" => VarianceType::LearnedRange,
             other => return Err(invalid("variance_type", format!("unknown `{other}`"))),
         };
         Ok(Plan {
@@ -930,6 +945,10 @@ impl DiffusersScheduler {
                 lower_order_final,
                 disable_corrector,
             })
+        };
+        let sampler: Box<dyn Sampler> = match self.clip()? {
+            Some(clip) => Box::new(WithClippedDenoiser { inner: sampler, clip }),
+            None => sampler,
         };
         Ok(Plan {
             timesteps: ts,

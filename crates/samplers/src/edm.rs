@@ -24,8 +24,8 @@ pub struct EdmSampler {
     pub method: OdeMethod,
     /// Stochastic churn (off by default).
     pub churn: Churn,
-    /// Clamp the denoised estimates to [−c, c] (diffusers Heun's `clip_sample`).
-    pub clip_sample: Option<f64>,
+    /// Keep the denoised estimates in range (diffusers Heun's `clip_sample`).
+    pub clip_sample: Option<diffusion_ddpm::X0Clip>,
 }
 
 impl EdmSampler {

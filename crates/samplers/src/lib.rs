@@ -60,7 +60,7 @@ pub use ode::{Dopri5, FixedStep, OdeError, OdeStats, OdeSystem};
 pub use oracle::{GaussianMixture, TimestepInterpolation};
 pub use pf_ode::{FlowMatchEuler, FlowTime, OdeSampler, OdeSolver, ProbabilityFlow};
 pub use pndm::Pndm;
-pub use sampler::{Observer, SampleError, SampleOutput, Sampler};
+pub use sampler::{Observer, SampleError, SampleOutput, Sampler, WithClippedDenoiser};
 pub use sde::{EulerMaruyama, ReverseVeSde, SdeSystem, euler_maruyama_step};
 pub use single_step::OdeMethod;
 pub use unipc::{UniPc, UniPcVariant};

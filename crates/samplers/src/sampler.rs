@@ -57,6 +57,33 @@ pub trait Sampler {
     }
 }
 
+/// A sampler whose denoiser's estimates are kept in range (clipped or dynamically
+/// thresholded) before the sampler sees them — how diffusers' multistep solvers apply
+/// `thresholding` to their data predictions.
+pub struct WithClippedDenoiser {
+    /// The sampler.
+    pub inner: Box<dyn Sampler>,
+    /// How x̂₀ is kept in range.
+    pub clip: diffusion_ddpm::X0Clip,
+}
+
+impl Sampler for WithClippedDenoiser {
+    fn init_noise_sigma(&self) -> f64 {
+        self.inner.init_noise_sigma()
+    }
+
+    fn sample_observed(
+        &self,
+        denoiser: &dyn Denoiser,
+        x: Tensor<2>,
+        noise: &mut dyn NoiseSource,
+        observer: Observer<'_>,
+    ) -> Result<SampleOutput, SampleError> {
+        let clipped = crate::denoiser::Clipped::new(denoiser, self.clip);
+        self.inner.sample_observed(&clipped, x, noise, observer)
+    }
+}
+
 /// Standard normal noise shaped and typed like `x`.
 pub(crate) fn noise_like(noise: &mut dyn NoiseSource, x: &Tensor<2>) -> Tensor<2> {
     let [n, f] = x.dims();

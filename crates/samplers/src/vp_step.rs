@@ -55,20 +55,21 @@ pub fn successive_steps(schedule: &DiscreteSchedule, timesteps: &[usize]) -> Vec
         .collect()
 }
 
-/// The generalised DDIM update (module documentation), given x̂₀ and ε̂.
+/// The generalised DDIM update (module documentation), given x̂₀ and ε̂; `scaled_noise` is
+/// the fresh-noise term s·z, already scaled.
 pub fn generalized_step(
     step: &VpStep,
     x0: Tensor<2>,
     eps: Tensor<2>,
     mean_spread: f64,
-    noise: Option<(Tensor<2>, f64)>,
+    scaled_noise: Option<Tensor<2>>,
 ) -> Tensor<2> {
     let direction = (1.0 - step.alpha_bar_prev - mean_spread * mean_spread)
         .max(0.0)
         .sqrt();
     let mean = x0.mul_scalar(step.alpha_bar_prev.sqrt()) + eps.mul_scalar(direction);
-    match noise {
-        Some((z, std)) if std > 0.0 => mean + z.mul_scalar(std),
-        _ => mean,
+    match scaled_noise {
+        Some(noise) => mean + noise,
+        None => mean,
     }
 }
