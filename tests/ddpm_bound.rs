@@ -729,3 +729,26 @@ fn learned_variance_sampling_spans_the_fixed_ones() {
     let err = run(VarianceType::LearnedRange, None).unwrap_err().to_string();
     assert!(err.contains("no variance head"), "{err}");
 }
+
+#[test]
+fn offset_noise_shifts_whole_channels() {
+    let device = device();
+    let dtype = best_dtype(&device);
+    let noise = from_f64(vec![0.0; 2 * 3 * 2 * 2], [2, 3, 2, 2], &device, dtype);
+    let offsets = from_f64(vec![1.0, 2.0, 3.0, -1.0, -2.0, -3.0], [2, 3], &device, dtype);
+    let out = to_f64(&diffusion_ddpm::offset_noise(noise, offsets, 0.1));
+    // Every element of channel c of sample i is 0.1 · offsets[i, c].
+    for (k, v) in out.iter().enumerate() {
+        let (i, c) = (k / 12, (k / 4) % 3);
+        let expected = 0.1 * [1.0, 2.0, 3.0, -1.0, -2.0, -3.0][i * 3 + c];
+        assert!((v - expected).abs() < 1e-6, "{k}: {v}");
+    }
+    // One offset per sample for flat data.
+    let flat = from_f64(vec![0.0; 6], [2, 3], &device, dtype);
+    let out = to_f64(&diffusion_ddpm::offset_noise(
+        flat,
+        from_f64(vec![1.0, -1.0], [2, 1], &device, dtype),
+        1.0,
+    ));
+    assert_eq!(out, vec![1.0, 1.0, 1.0, -1.0, -1.0, -1.0]);
+}

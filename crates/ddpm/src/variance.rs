@@ -79,7 +79,7 @@ impl ModelVariance {
 /// variance part, each `[n, C, …]`.
 pub fn split_variance_head<const D: usize>(out: Tensor<D>) -> Result<(Tensor<D>, Tensor<D>)> {
     let dims = out.dims();
-    if D < 2 || dims[1] % 2 != 0 {
+    if D < 2 || !dims[1].is_multiple_of(2) {
         return Err(DdpmError::MissingVarianceHead);
     }
     let c = dims[1] / 2;
