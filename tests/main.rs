@@ -9,4 +9,6 @@ mod ode;
 mod oracle;
 mod readme;
 mod schedules_reference;
+mod score;
+mod score_sde_reference;
 mod vp_samplers_reference;

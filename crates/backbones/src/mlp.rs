@@ -3,11 +3,16 @@
 //! x ↦ Linear → [residual block]ᴮ → LayerNorm → SiLU → Linear, where each block adds the
 //! projected time embedding: h + W₂ SiLU(W₁ LN(h) + U e(t)), and e(t) is an MLP of the
 //! sinusoidal embedding of the noise-conditioning scalar t.
+//!
+//! [`Mlp::forward_jvp`] also returns the Jacobian-vector product ∂f/∂x · v by forward-mode
+//! differentiation written in tensor operations, so that objectives needing input
+//! derivatives (sliced and exact score matching) can be trained with burn's first-order
+//! reverse-mode autodiff.
 
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::silu;
+use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::{Device, Tensor};
 
 use crate::embedding::{SinusoidalOptions, sinusoidal_embedding};
@@ -40,11 +45,48 @@ pub struct MlpBlock {
     fc2: Linear,
 }
 
+/// The ε of every layer norm of the MLP (burn's and PyTorch's default).
+const LAYER_NORM_EPS: f64 = 1e-5;
+
 impl MlpBlock {
     fn forward(&self, h: Tensor<2>, emb: Tensor<2>) -> Tensor<2> {
         let y = self.fc1.forward(self.norm.forward(h.clone())) + self.time.forward(emb);
         h + self.fc2.forward(silu(y))
     }
+
+    /// (block(h), ∂block/∂h · ḣ).
+    fn forward_jvp(&self, h: Tensor<2>, dh: Tensor<2>, emb: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        let (n, dn) = layer_norm_jvp(&self.norm, h.clone(), dh.clone());
+        let y = self.fc1.forward(n) + self.time.forward(emb);
+        let dy = linear_jvp(&self.fc1, dn);
+        let (a, da) = silu_jvp(y, dy);
+        (h + self.fc2.forward(a), dh + linear_jvp(&self.fc2, da))
+    }
+}
+
+/// The tangent of a linear layer: W ẋ (the bias drops out).
+fn linear_jvp(layer: &Linear, dx: Tensor<2>) -> Tensor<2> {
+    dx.matmul(layer.weight.val())
+}
+
+/// SiLU and its tangent: silu'(y) = σ(y) (1 + y (1 − σ(y))).
+fn silu_jvp(y: Tensor<2>, dy: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    let s = sigmoid(y.clone());
+    let slope = (y.clone() * s.clone().neg().add_scalar(1.0)).add_scalar(1.0) * s;
+    (silu(y), dy * slope)
+}
+
+/// Layer norm y = γ (h − μ)/r + β with r = √(var + ε), and its tangent
+/// ẏ = γ (ċ − c ṙ/r)/r, where c = h − μ, ċ = ḣ − mean(ḣ), ṙ = mean(c ċ)/r.
+fn layer_norm_jvp(norm: &LayerNorm, h: Tensor<2>, dh: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+    let [_, width] = h.dims();
+    let gamma = norm.gamma.val().reshape([1, width]);
+    let c = h.clone() - h.clone().mean_dim(1);
+    let dc = dh.clone() - dh.mean_dim(1);
+    let r = c.clone().square().mean_dim(1).add_scalar(LAYER_NORM_EPS).sqrt();
+    let dr = (c.clone() * dc.clone()).mean_dim(1) / r.clone();
+    let dy = (dc - c * dr / r.clone()) / r * gamma;
+    (norm.forward(h), dy)
 }
 
 /// A residual MLP conditioned on a scalar per sample.
@@ -72,13 +114,13 @@ impl MlpConfig {
             time2: linear(h, h),
             blocks: (0..self.blocks)
                 .map(|_| MlpBlock {
-                    norm: LayerNormConfig::new(h).init(device),
+                    norm: layer_norm(h, device),
                     fc1: linear(h, h),
                     time: linear(h, h),
                     fc2: linear(h, h),
                 })
                 .collect(),
-            out_norm: LayerNormConfig::new(h).init(device),
+            out_norm: layer_norm(h, device),
             output: linear(h, self.data_dim),
             time_embed_dim: e,
             time_scale: self.time_scale,
@@ -86,20 +128,45 @@ impl MlpConfig {
     }
 }
 
+fn layer_norm(width: usize, device: &Device) -> LayerNorm {
+    LayerNormConfig::new(width)
+        .with_epsilon(LAYER_NORM_EPS)
+        .init(device)
+}
+
 impl Mlp {
-    /// The output for inputs `x` (`[n, data_dim]`) at conditioning scalars `t` (`[n]`).
-    pub fn forward(&self, x: Tensor<2>, t: Tensor<1>) -> Tensor<2> {
+    /// The embedding of the conditioning scalars, `[n, hidden]`.
+    fn embed(&self, t: Tensor<1>) -> Tensor<2> {
         let options = SinusoidalOptions {
             scale: self.time_scale,
             ..SinusoidalOptions::default()
         };
         let emb = sinusoidal_embedding(t, self.time_embed_dim, &options);
-        let emb = self.time2.forward(silu(self.time1.forward(emb)));
-        let emb = silu(emb);
+        silu(self.time2.forward(silu(self.time1.forward(emb))))
+    }
+
+    /// The output for inputs `x` (`[n, data_dim]`) at conditioning scalars `t` (`[n]`).
+    pub fn forward(&self, x: Tensor<2>, t: Tensor<1>) -> Tensor<2> {
+        let emb = self.embed(t);
         let mut h = self.input.forward(x);
         for block in &self.blocks {
             h = block.forward(h, emb.clone());
         }
         self.output.forward(silu(self.out_norm.forward(h)))
+    }
+
+    /// The output and its Jacobian-vector product in x: (f(x, t), ∂f/∂x · v), both
+    /// `[n, data_dim]`, for tangents `v` shaped like `x`. Exact (forward-mode), and
+    /// differentiable in the parameters by reverse mode.
+    pub fn forward_jvp(&self, x: Tensor<2>, t: Tensor<1>, v: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        let emb = self.embed(t);
+        let mut h = self.input.forward(x);
+        let mut dh = linear_jvp(&self.input, v);
+        for block in &self.blocks {
+            (h, dh) = block.forward_jvp(h, dh, emb.clone());
+        }
+        let (n, dn) = layer_norm_jvp(&self.out_norm, h, dh);
+        let (a, da) = silu_jvp(n, dn);
+        (self.output.forward(a), linear_jvp(&self.output, da))
     }
 }

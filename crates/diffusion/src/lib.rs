@@ -9,6 +9,7 @@
 //! | [`schedules`] | `diffusion-schedules` | noise schedules, grids, conversions |
 //! | [`ddpm`] | `diffusion-ddpm` | forward process, parameterisations, losses |
 //! | [`samplers`] | `diffusion-samplers` | the denoiser interface and the samplers |
+//! | [`score`] | `diffusion-score` | SDEs, score matching, Langevin and PC sampling, likelihoods |
 //! | [`backbones`] | `diffusion-backbones` | denoising networks |
 //! | [`data`] | `diffusion-data` | data sets |
 //! | [`train`] | `diffusion-train` | the training loop |
@@ -26,5 +27,6 @@ pub use diffusion_ddpm as ddpm;
 pub use diffusion_metrics as metrics;
 pub use diffusion_samplers as samplers;
 pub use diffusion_schedules as schedules;
+pub use diffusion_score as score;
 pub use diffusion_train as train;
 pub use diffusion_viz as viz;
