@@ -7,14 +7,17 @@ use burn::tensor::{DType, Tensor};
 use diffusion_backbones::{Mlp, MlpConfig};
 use diffusion_core::noise::{NoiseSource, SampleNoise};
 use diffusion_core::tensor::{from_f64_like, to_f64};
-use diffusion_metrics::sliced_wasserstein;
-use diffusion_samplers::{GaussianMixture, NoiseLevel, Sampler, euler_maruyama_step};
+use diffusion_ddpm::Prediction;
+use diffusion_metrics::{mmd_squared, sliced_wasserstein};
+use diffusion_samplers::{
+    DiscreteModel, GaussianMixture, NoiseLevel, Sampler, TimestepInterpolation, euler_maruyama_step,
+};
 use diffusion_score::likelihood::DenoiserDivergence;
 use diffusion_score::ncsn::{erfc, ladder_overlap, ladder_ratio, normal_cdf, step_size};
 use diffusion_score::{
     AnnealedLangevin, Divergence, ExactTrace, HutchinsonTrace, LangevinDynamics, Likelihood, PcSampler,
     Probe, Quantization, Reduction, ScoreModel, Sde, bits_per_dim, denoising_score_matching, dequantize,
-    explicit_score_matching, geometric_sigmas, sde_score_matching, sliced_score_matching,
+    explicit_score_matching, geometric_sigmas, ladder_draw, sde_score_matching, sliced_score_matching,
 };
 use diffusion_tests::{best_dtype, device, gmm2d, is_slow_backend, tensor2};
 use diffusion_train::{TrainConfig, train};
@@ -108,7 +111,16 @@ fn denoising_score_matching_is_minimised_by_the_noisy_score() {
     let (oracle, n) = (gmm2d(), 4000);
     let x0 = tensor2(oracle.sample_host(21, 0..n as u64), n, &device, dtype);
     let z = SampleNoise::range(22, 0..n as u64).normal_tensor(n, 2, &device, dtype);
-    let sigmas: Vec<f64> = (0..n).map(|i| [0.1, 0.5, 2.0][i % 3]).collect();
+    // An NCSN ladder of three levels, one drawn per sample.
+    let uniforms = SampleNoise::range(23, 0..n as u64).uniform(1);
+    let sigmas = ladder_draw(&[2.0, 0.5, 0.1], &uniforms);
+    for level in [0.1, 0.5, 2.0] {
+        let share = sigmas.iter().filter(|s| **s == level).count() as f64 / n as f64;
+        assert!(
+            (share - 1.0 / 3.0).abs() < 0.03,
+            "level {level} drawn for {share} of the samples"
+        );
+    }
     // The true score of each sample's level (three levels, selected by masks).
     let grouped = |x: Tensor<2>, cond: Tensor<1>| {
         let s = to_f64(&cond);
@@ -363,6 +375,18 @@ fn swd_and_floor(oracle: &GaussianMixture, samples: &[f64]) -> (f64, f64) {
     (sliced_wasserstein(samples, &a, 2, 128, 3), floor)
 }
 
+/// The unbiased MMD² of `samples` to exact draws, and the spread of MMD² between exact
+/// sets of the same size (its root mean square over four pairs: the null's scale).
+fn mmd_and_null(oracle: &GaussianMixture, samples: &[f64]) -> (f64, f64) {
+    let n = samples.len() / 2;
+    let a = oracle.sample_host(900, 0..n as u64);
+    let null = (901..905)
+        .map(|seed| mmd_squared(&oracle.sample_host(seed, 0..n as u64), &a, 2, Some(0.5)).powi(2))
+        .sum::<f64>()
+        / 4.0;
+    (mmd_squared(samples, &a, 2, Some(0.5)), null.sqrt())
+}
+
 /// Asserts that the share of samples nearest to each mixture mean is the mixture weight,
 /// within 4 standard errors (a sampler that misplaces mass between modes fails this).
 #[track_caller]
@@ -425,8 +449,45 @@ fn annealed_langevin_and_predictor_corrector_sample_the_mixture() {
         let samples = to_f64(&out.unwrap().x);
         let (swd, floor) = swd_and_floor(&oracle, &samples);
         assert!(swd < 1.6 * floor, "{name}: SW₂ {swd:.4} vs floor {floor:.4}");
+        let (mmd, null) = mmd_and_null(&oracle, &samples);
+        assert!(
+            mmd < 5.0 * null,
+            "{name}: MMD² {mmd:.2e} vs null spread {null:.2e}"
+        );
         assert_mode_weights(name, &oracle, &samples);
     }
+}
+
+#[test]
+fn a_ddpm_epsilon_model_serves_as_an_ncsn() {
+    // A DDPM ε-network (the oracle's, on the linear β schedule) called by the VE
+    // predictor-corrector sampler through Tweedie's formula gives the oracle's own samples.
+    let device = device();
+    let dtype = best_dtype(&device);
+    let oracle = gmm2d();
+    let schedule = diffusion_schedules::DiscreteSchedule::linear(1000, 1e-4, 0.02).unwrap();
+    let eps = oracle.discrete_model(&schedule, Prediction::Epsilon, TimestepInterpolation::LogSigma);
+    let ddpm = DiscreteModel::new(eps, schedule.clone(), Prediction::Epsilon);
+    let n = 64;
+    let pc = PcSampler::new(Sde::ve(0.02, 5.0, 50));
+    let x = SampleNoise::range(60, 0..n as u64)
+        .normal_tensor(n, 2, &device, dtype)
+        .mul_scalar(5.0);
+    let a = to_f64(
+        &pc.sample(&oracle, x.clone(), &mut SampleNoise::range(63, 0..n as u64))
+            .unwrap()
+            .x,
+    );
+    let b = to_f64(
+        &pc.sample(&ddpm, x, &mut SampleNoise::range(63, 0..n as u64))
+            .unwrap()
+            .x,
+    );
+    let dev = diffusion_core::tensor::max_rel_deviation(&b, &a);
+    assert!(
+        dev < if dtype == DType::F64 { 1e-10 } else { 1e-3 },
+        "DDPM as NCSN deviates by {dev:e}"
+    );
 }
 
 #[test]

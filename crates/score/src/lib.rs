@@ -35,8 +35,8 @@ pub use likelihood::{
 };
 pub use ncsn::{ScoreModelDenoiser, ScoreOutput};
 pub use objectives::{
-    Probe, Reduction, ScoreModel, denoising_score_matching, explicit_score_matching, sde_score_matching,
-    sliced_score_matching,
+    Probe, Reduction, ScoreModel, denoising_score_matching, explicit_score_matching, ladder_draw,
+    sde_score_matching, sliced_score_matching,
 };
 pub use pc::{Corrector, PcSampler, Predictor};
 pub use reverse::{ProbabilityFlowOde, ReverseSde};

@@ -172,6 +172,16 @@ pub fn denoising_score_matching(
     half_sq_norm(s + z / sigma) * weights
 }
 
+/// One level per sample drawn uniformly from a noise ladder (NCSN's training labels), given
+/// one uniform u ∈ [0, 1) per sample: σ_⌊u L⌋.
+pub fn ladder_draw(ladder: &[f64], uniforms: &[f64]) -> Vec<f64> {
+    assert!(!ladder.is_empty(), "the noise ladder is empty");
+    uniforms
+        .iter()
+        .map(|u| ladder[((u * ladder.len() as f64) as usize).min(ladder.len() - 1)])
+        .collect()
+}
+
 /// How score_sde reduces the squared error over the features of a sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -9,7 +9,8 @@
 //! - VE (eq. 9): f = 0, g = σ(t) √(2 ln(σ_max/σ_min)) with σ(t) = σ_min (σ_max/σ_min)ᵗ;
 //!   discretised as NCSN: x_i = x_{i−1} + √(σ_i² − σ_{i−1}²) z on a geometric ladder.
 
-use burn::tensor::Tensor;
+use burn::tensor::{DType, Device, Tensor};
+use diffusion_core::noise::NoiseSource;
 use diffusion_schedules::numeric::linspace_torch;
 use diffusion_schedules::{ContinuousSchedule, SubVp, VeGeometric, VpLinear};
 use serde::{Deserialize, Serialize};
@@ -155,6 +156,20 @@ impl Sde {
             SdeKind::Ve => self.max,
             _ => 1.0,
         }
+    }
+
+    /// Draws from the prior N(0, σ_T² I): `[n, d]` on `device` in `dtype`.
+    pub fn prior_sample(
+        &self,
+        noise: &mut dyn NoiseSource,
+        n: usize,
+        d: usize,
+        device: &Device,
+        dtype: DType,
+    ) -> Tensor<2> {
+        noise
+            .normal_tensor(n, d, device, dtype)
+            .mul_scalar(self.prior_std())
     }
 
     /// log N(z; 0, σ_T² I) per sample, `[n]`.
