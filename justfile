@@ -42,11 +42,16 @@ lint:
 check-cuda:
     DOCS_RS=1 cargo check --release --workspace --features diffusion-tests/cuda
 
-# Regenerate the reference fixtures (needs the venv described in scripts/fixtures/README.md).
+# Regenerate the reference fixtures (needs the venv described in scripts/fixtures/README.md;
+# improved_diffusion.py and score_sde.py also need checkouts of the original repositories,
+# named by IMPROVED_DIFFUSION, SCORE_SDE, NCSN and NCSNV2 as their headers say).
 fixtures python="python3":
     {{python}} scripts/fixtures/schedules.py
     {{python}} scripts/fixtures/samplers.py
     {{python}} scripts/fixtures/diffusers_golden.py
+    {{python}} scripts/fixtures/backbones.py
+    {{python}} scripts/fixtures/improved_diffusion.py
+    {{python}} scripts/fixtures/score_sde.py
 
 # Everything CI runs.
 ci:

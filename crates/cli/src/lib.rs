@@ -17,6 +17,7 @@ use diffusion_samplers::{
 use diffusion_schedules::{
     DiscreteSchedule, GridSpec, SigmaGrid, TimestepSpacing, flow_match_sigmas, timesteps,
 };
+use diffusion_score::{AnnealedLangevin, Corrector, PcSampler, Predictor, Sde, SdeKind, geometric_sigmas};
 
 /// Everything that makes the command stop with a message.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,12 @@ pub enum CliError {
     /// The sampler could not finish.
     #[error(transparent)]
     Sample(#[from] diffusion_samplers::SampleError),
+    /// A diffusers ScoreSdeVeScheduler configuration that cannot be used.
+    #[error(transparent)]
+    ScoreSdeVe(#[from] diffusion_score::ScoreSdeVeError),
+    /// The likelihood could not be computed.
+    #[error(transparent)]
+    Likelihood(#[from] diffusion_score::LikelihoodError),
 }
 
 /// Shorthand for results of this crate.
@@ -49,7 +56,7 @@ fn usage(message: impl Into<String>) -> CliError {
 }
 
 /// The sampler names of `diffusion sample --sampler`.
-pub const SAMPLER_NAMES: [&str; 23] = [
+pub const SAMPLER_NAMES: [&str; 25] = [
     "ddpm",
     "ddim",
     "pndm",
@@ -73,6 +80,8 @@ pub const SAMPLER_NAMES: [&str; 23] = [
     "ode-heun",
     "ode-rk4",
     "ode-dopri5",
+    "pc",
+    "ald",
 ];
 
 /// How the oracle is presented to the sampler: as the denoiser itself, as a discrete VP
@@ -171,6 +180,18 @@ pub struct SamplerOptions {
     pub spacing: Option<String>,
     /// `--oracle-form`, which the flow and ode samplers read.
     pub form: Option<OracleForm>,
+    /// `--sde ve|vp|subvp` (pc).
+    pub sde: Option<String>,
+    /// `--predictor` (pc).
+    pub predictor: Option<String>,
+    /// `--corrector` (pc).
+    pub corrector: Option<String>,
+    /// `--snr` (pc).
+    pub snr: Option<f64>,
+    /// `--corrector-steps` (pc: per time; ald: per noise level).
+    pub corrector_steps: Option<usize>,
+    /// `--step-lr` (ald: ε of α_i = ε σ_i²/σ_L²).
+    pub step_lr: Option<f64>,
 }
 
 /// A sampler built from a name and options.
@@ -240,6 +261,12 @@ impl SamplerOptions {
             ("s-churn", self.churn.is_some()),
             ("shift", self.shift.is_some()),
             ("spacing", self.spacing.is_some()),
+            ("sde", self.sde.is_some()),
+            ("predictor", self.predictor.is_some()),
+            ("corrector", self.corrector.is_some()),
+            ("snr", self.snr.is_some()),
+            ("corrector-steps", self.corrector_steps.is_some()),
+            ("step-lr", self.step_lr.is_some()),
         ];
         for (option, set) in given {
             if set && !allowed.contains(&option) {
@@ -395,6 +422,27 @@ impl SamplerOptions {
                 }
             }
             "ode-euler" | "ode-midpoint" | "ode-heun" | "ode-rk4" | "ode-dopri5" => self.build_ode(name)?,
+            "pc" => self.build_pc()?,
+            "ald" => {
+                self.only(
+                    name,
+                    &["steps", "sigma-min", "sigma-max", "corrector-steps", "step-lr"],
+                )?;
+                let (lo, hi) = (self.sigma_min.unwrap_or(0.01), self.sigma_max.unwrap_or(1.0));
+                if !(lo > 0.0 && hi > lo) {
+                    return Err(usage(format!(
+                        "ald needs 0 < --sigma-min < --sigma-max, got {lo} and {hi}"
+                    )));
+                }
+                let mut ald = AnnealedLangevin::ncsn(geometric_sigmas(hi, lo, self.steps_or(10)));
+                ald.steps_per_level = self.corrector_steps.unwrap_or(ald.steps_per_level);
+                ald.step_lr = self.step_lr.unwrap_or(ald.step_lr);
+                Built {
+                    sampler: Box::new(ald),
+                    final_level: Some(NoiseLevel::ve(lo)),
+                    implied_form: None,
+                }
+            }
             other => {
                 return Err(usage(format!(
                     "unknown sampler `{other}`; known: {}",
@@ -403,6 +451,59 @@ impl SamplerOptions {
             }
         };
         Ok(built)
+    }
+
+    /// Predictor-corrector sampling of an SDE (default VE σ ∈ [0.01, 50]; VP and sub-VP
+    /// with β ∈ [0.1, 20]) with N = `--steps` (1000).
+    fn build_pc(&self) -> Result<Built> {
+        self.only(
+            "pc",
+            &[
+                "steps",
+                "sigma-min",
+                "sigma-max",
+                "sde",
+                "predictor",
+                "corrector",
+                "snr",
+                "corrector-steps",
+            ],
+        )?;
+        let kind: SdeKind = self.sde.as_deref().unwrap_or("ve").parse().map_err(usage)?;
+        let steps = self.steps_or(1000);
+        let sde = match kind {
+            SdeKind::Ve => {
+                let (lo, hi) = (self.sigma_min.unwrap_or(0.01), self.sigma_max.unwrap_or(50.0));
+                if !(lo > 0.0 && hi > lo) {
+                    return Err(usage(format!(
+                        "pc needs 0 < --sigma-min < --sigma-max, got {lo} and {hi}"
+                    )));
+                }
+                Sde::ve(lo, hi, steps)
+            }
+            _ if self.sigma_min.is_some() || self.sigma_max.is_some() => {
+                return Err(usage(
+                    "--sigma-min/--sigma-max set the VE SDE; VP and sub-VP use β ∈ [0.1, 20]",
+                ));
+            }
+            SdeKind::Vp => Sde::vp(0.1, 20.0, steps),
+            SdeKind::SubVp => Sde::subvp(0.1, 20.0, steps),
+        };
+        let mut pc = PcSampler::new(sde);
+        if let Some(p) = &self.predictor {
+            pc.predictor = p.parse::<Predictor>().map_err(usage)?;
+        }
+        if let Some(c) = &self.corrector {
+            pc.corrector = c.parse::<Corrector>().map_err(usage)?;
+        }
+        pc.snr = self.snr.unwrap_or(pc.snr);
+        pc.corrector_steps = self.corrector_steps.unwrap_or(pc.corrector_steps);
+        pc.validate()?;
+        Ok(Built {
+            sampler: Box::new(pc),
+            final_level: None,
+            implied_form: None,
+        })
     }
 
     /// The generic ODE samplers: on a uniform t grid of the flow (noise at t = 0, data at

@@ -5,11 +5,13 @@
 //! diffusion schedule --sigmas karras:n=10,min=0.002,max=80 --json
 //! diffusion sample --oracle gmm.json --init-noise z.npy --out x.npy --sampler dpmpp-2m --steps 20
 //! diffusion sample --oracle gmm.json --init-noise z.npy --out x.npy --scheduler-config cfg.json --steps 25
+//! diffusion sample --oracle gmm.json --init-noise z.npy --out x.npy --sampler pc --sde vp --steps 500
+//! diffusion likelihood --oracle gmm.json --data x.npy --out ll.npy --hutchinson 4
 //! ```
 //!
 //! Every error is one message on stderr and exit status 2; nothing is written.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use burn::tensor::Tensor;
@@ -19,18 +21,22 @@ use diffusion_cli::{
 };
 use diffusion_core::noise::SampleNoise;
 use diffusion_core::npy::NpyArray;
+use diffusion_core::tensor::{from_f64_like, to_f64};
 use diffusion_core::{DeviceSpec, Precision};
 use diffusion_samplers::{
-    Churn, DiffusersScheduler, DiscreteModel, FlowConvention, FlowModel, GaussianMixture, ModelForm,
+    Churn, DiffusersScheduler, DiscreteModel, FlowConvention, FlowModel, GaussianMixture, ModelForm, Sampler,
     StepOptions, TimestepInterpolation,
 };
 use diffusion_schedules::GridSpec;
+use diffusion_score::{
+    Divergence, Likelihood, Probe, Quantization, ScoreSdeVeConfig, Sde, SdeKind, bits_per_dim,
+};
 
 #[derive(Parser)]
 #[command(
     name = "diffusion",
     version,
-    about = "diffusion-lab: noise schedules and samplers from the command line"
+    about = "diffusion-lab: noise schedules, samplers and likelihoods from the command line"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -43,6 +49,62 @@ enum Command {
     Schedule(ScheduleArgs),
     /// Sample from the Gaussian-mixture oracle with any sampler or diffusers scheduler.
     Sample(Box<SampleArgs>),
+    /// Exact log-likelihoods of data under the oracle's probability-flow ODE.
+    Likelihood(LikelihoodArgs),
+}
+
+#[derive(Args)]
+struct LikelihoodArgs {
+    /// The oracle: {"weights": [...], "means": [[...], ...], "stds": [...]}.
+    #[arg(long)]
+    oracle: PathBuf,
+    /// The data [n, d] (.npy, f32 or f64).
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to write log p(x) in nats, [n] (.npy, f64).
+    #[arg(long)]
+    out: PathBuf,
+    /// The SDE whose probability flow is integrated: ve, vp or subvp.
+    #[arg(long, default_value = "ve")]
+    sde: String,
+    /// σ_min of the VE SDE.
+    #[arg(long)]
+    sigma_min: Option<f64>,
+    /// σ_max of the VE SDE.
+    #[arg(long)]
+    sigma_max: Option<f64>,
+    /// The start time ε of the integration.
+    #[arg(long, default_value_t = 1e-5)]
+    eps: f64,
+    /// Relative tolerance of the Dormand–Prince solver.
+    #[arg(long, default_value_t = 1e-5)]
+    rtol: f64,
+    /// Absolute tolerance of the Dormand–Prince solver.
+    #[arg(long, default_value_t = 1e-5)]
+    atol: f64,
+    /// The exact divergence by reverse-mode autodiff (d passes) instead of the oracle's
+    /// closed form.
+    #[arg(long, conflicts_with = "hutchinson")]
+    exact_trace: bool,
+    /// Hutchinson's divergence estimate, averaged over N probes per sample.
+    #[arg(long)]
+    hutchinson: Option<usize>,
+    /// The Hutchinson probes: rademacher or gaussian.
+    #[arg(long, default_value = "rademacher", requires = "hutchinson")]
+    probe: String,
+    /// The data are uniformly dequantised B-bit values on [-1, 1]: add the offset of
+    /// B - 1 bits to the reported bits/dim.
+    #[arg(long)]
+    bits: Option<u32>,
+    /// The seed of the Hutchinson probes.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Precision: f32 or f64.
+    #[arg(long, default_value = "f64")]
+    dtype: Precision,
+    /// Backend: flex, ndarray, wgpu, cuda (optionally with `:index`), as compiled in.
+    #[arg(long, default_value = "flex")]
+    backend: DeviceSpec,
 }
 
 #[derive(Args)]
@@ -86,9 +148,28 @@ struct SampleArgs {
     /// A sampler by name (see --help of `diffusion sample`): ddpm, ddim, pndm, euler,
     /// euler-ancestral, heun, dpm2, dpm2-ancestral, lms, dpm-fast, dpm-adaptive,
     /// dpmpp-2s-ancestral, dpmpp-2m, dpmpp-2m-sde, dpmpp-3m-sde, unipc, em, flow-euler,
-    /// ode-euler, ode-midpoint, ode-heun, ode-rk4, ode-dopri5.
+    /// ode-euler, ode-midpoint, ode-heun, ode-rk4, ode-dopri5, pc, ald.
     #[arg(long)]
     sampler: Option<String>,
+    /// The SDE of pc: ve (σ ∈ [--sigma-min, --sigma-max], default [0.01, 50]), vp or subvp
+    /// (β ∈ [0.1, 20]).
+    #[arg(long)]
+    sde: Option<String>,
+    /// The predictor of pc: reverse-diffusion, euler-maruyama, ancestral or none.
+    #[arg(long)]
+    predictor: Option<String>,
+    /// The corrector of pc: langevin, ald or none.
+    #[arg(long)]
+    corrector: Option<String>,
+    /// The Langevin corrector's signal-to-noise ratio (pc; 0.16).
+    #[arg(long)]
+    snr: Option<f64>,
+    /// Corrector steps per time (pc; 1) or Langevin steps per noise level (ald; 100).
+    #[arg(long)]
+    corrector_steps: Option<usize>,
+    /// ε of annealed Langevin's step α_i = ε σ_i²/σ_L² (ald; 2e-5).
+    #[arg(long)]
+    step_lr: Option<f64>,
     /// Inference steps (default: 25 for σ grids, 50 for ddim/pndm, 1000 for ddpm).
     #[arg(long)]
     steps: Option<usize>,
@@ -166,6 +247,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Schedule(args) => schedule(&args),
         Command::Sample(args) => sample(&args),
+        Command::Likelihood(args) => likelihood(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -260,6 +342,12 @@ fn sample(args: &SampleArgs) -> Result<()> {
                 ("--order", args.order.is_some()),
                 ("--s-churn", args.s_churn.is_some()),
                 ("--final-denoise", args.final_denoise),
+                ("--sde", args.sde.is_some()),
+                ("--predictor", args.predictor.is_some()),
+                ("--corrector", args.corrector.is_some()),
+                ("--snr", args.snr.is_some()),
+                ("--corrector-steps", args.corrector_steps.is_some()),
+                ("--step-lr", args.step_lr.is_some()),
             ] {
                 if set {
                     return Err(CliError::Usage(format!(
@@ -267,10 +355,19 @@ fn sample(args: &SampleArgs) -> Result<()> {
                     )));
                 }
             }
-            let scheduler = DiffusersScheduler::from_file(path)?;
             let steps = args
                 .steps
                 .ok_or_else(|| CliError::Usage("--scheduler-config needs --steps N".into()))?;
+            if is_score_sde_ve(path)? {
+                let sampler = ScoreSdeVeConfig::from_file(path)?.sampler(steps)?;
+                eprintln!(
+                    "note: ScoreSdeVeScheduler's Langevin corrector sets its step from norms averaged over the batch, so each sample depends on the rest of its batch (as in diffusers)"
+                );
+                let x = x.mul_scalar(sampler.init_noise_sigma());
+                let out = sampler.sample(&oracle, x, &mut noise)?;
+                return finish(&out.x, out.nfe, "ScoreSdeVeScheduler", n, &args.out);
+            }
+            let scheduler = DiffusersScheduler::from_file(path)?;
             let options = StepOptions {
                 eta: args.eta.unwrap_or(0.0),
                 lms_order: args.lms_order.unwrap_or(4),
@@ -323,6 +420,12 @@ fn sample(args: &SampleArgs) -> Result<()> {
                 shift: args.shift,
                 spacing: args.spacing.clone(),
                 form,
+                sde: args.sde.clone(),
+                predictor: args.predictor.clone(),
+                corrector: args.corrector.clone(),
+                snr: args.snr,
+                corrector_steps: args.corrector_steps,
+                step_lr: args.step_lr,
             };
             let built = options.build(name)?;
             let schedule = default_vp_schedule();
@@ -344,13 +447,115 @@ fn sample(args: &SampleArgs) -> Result<()> {
             ));
         }
     };
-    let array = NpyArray::from_tensor(&x);
+    finish(&x, nfe, &label, n, &args.out)
+}
+
+/// Writes the samples unless any is not finite.
+fn finish(x: &Tensor<2>, nfe: usize, label: &str, n: usize, out: &Path) -> Result<()> {
+    let array = NpyArray::from_tensor(x);
     if array.to_f64().iter().any(|v| !v.is_finite()) {
         return Err(CliError::Input(format!(
             "{label} produced non-finite samples; nothing written"
         )));
     }
-    array.write(&args.out)?;
-    eprintln!("{label}: {n} samples, NFE {nfe}, wrote {}", args.out.display());
+    array.write(out)?;
+    eprintln!("{label}: {n} samples, NFE {nfe}, wrote {}", out.display());
+    Ok(())
+}
+
+/// Whether a scheduler config names diffusers' ScoreSdeVeScheduler.
+fn is_score_sde_ve(path: &Path) -> Result<bool> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::Input(format!("cannot read {}: {e}", path.display())))?;
+    let value: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| CliError::Input(format!("{} is not JSON: {e}", path.display())))?;
+    Ok(value["_class_name"] == "ScoreSdeVeScheduler")
+}
+
+fn likelihood(args: &LikelihoodArgs) -> Result<()> {
+    let oracle = GaussianMixture::from_json(&args.oracle).map_err(|e| CliError::Input(e.to_string()))?;
+    let data = NpyArray::read(&args.data)?;
+    let d = oracle.dim();
+    if data.shape.len() != 2 || data.shape[1] != d || data.shape[0] == 0 {
+        return Err(CliError::Input(format!(
+            "{}: expected shape [n, {d}] with n ≥ 1 (the oracle's dimension), got {:?}",
+            args.data.display(),
+            data.shape
+        )));
+    }
+    let kind: SdeKind = args.sde.parse().map_err(CliError::Usage)?;
+    let sde = match kind {
+        SdeKind::Ve => Sde::ve(
+            args.sigma_min.unwrap_or(0.01),
+            args.sigma_max.unwrap_or(50.0),
+            1000,
+        ),
+        _ if args.sigma_min.is_some() || args.sigma_max.is_some() => {
+            return Err(CliError::Usage(
+                "--sigma-min/--sigma-max set the VE SDE; VP and sub-VP use β ∈ [0.1, 20]".into(),
+            ));
+        }
+        SdeKind::Vp => Sde::vp(0.1, 20.0, 1000),
+        SdeKind::SubVp => Sde::subvp(0.1, 20.0, 1000),
+    };
+    if kind == SdeKind::Ve && !(sde.min > 0.0 && sde.max > sde.min) {
+        return Err(CliError::Usage(format!(
+            "need 0 < --sigma-min < --sigma-max, got {} and {}",
+            sde.min, sde.max
+        )));
+    }
+    let mut likelihood = Likelihood::new(sde);
+    likelihood.eps = args.eps;
+    likelihood.solver.rtol = args.rtol;
+    likelihood.solver.atol = args.atol;
+    let device = args.backend.open_with(args.dtype)?;
+    let x = data.to_tensor::<2>(&device, Some(args.dtype.dtype()))?;
+    let n = data.shape[0];
+    let (log_prob, nfe) = match args.hutchinson {
+        Some(0) => return Err(CliError::Usage("--hutchinson needs at least 1 probe".into())),
+        Some(probes) => {
+            let probe: Probe = args.probe.parse().map_err(CliError::Usage)?;
+            // Each sample repeated `probes` times, each copy with its own probe; the
+            // estimates of one sample are averaged.
+            let rows = to_f64(&x);
+            let repeated: Vec<f64> = rows.chunks(d).flat_map(|r| r.repeat(probes)).collect();
+            let xs = from_f64_like(repeated, [n * probes, d], &x);
+            let mut noise = SampleNoise::range(args.seed, 0..(n * probes) as u64);
+            let out = likelihood.evaluate_denoiser(&oracle, xs, Divergence::Hutchinson(probe), &mut noise)?;
+            let means = out
+                .log_prob
+                .chunks(probes)
+                .map(|c| c.iter().sum::<f64>() / probes as f64)
+                .collect();
+            (means, out.stats.nfe)
+        }
+        None if args.exact_trace => {
+            let mut noise = SampleNoise::range(args.seed, 0..n as u64);
+            let out = likelihood.evaluate_denoiser(&oracle, x, Divergence::Exact, &mut noise)?;
+            (out.log_prob, out.stats.nfe)
+        }
+        None => {
+            let out = likelihood.evaluate(&oracle, x)?;
+            (out.log_prob, out.stats.nfe)
+        }
+    };
+    if log_prob.iter().any(|v| !v.is_finite()) {
+        return Err(CliError::Input(
+            "the likelihood is not finite; nothing written".into(),
+        ));
+    }
+    let mean = log_prob.iter().sum::<f64>() / n as f64;
+    let quantization = Quantization {
+        bits: args.bits.unwrap_or(0),
+        centered: true,
+    };
+    let bpd = if args.bits.is_some() {
+        bits_per_dim(mean, d, quantization)
+    } else {
+        -mean / (d as f64 * std::f64::consts::LN_2)
+    };
+    NpyArray::from_f64(vec![n], log_prob)?.write(&args.out)?;
+    println!("mean log-likelihood {mean:.6} nats, {bpd:.6} bits/dim ({n} samples, NFE {nfe})");
+    eprintln!("wrote {}", args.out.display());
     Ok(())
 }

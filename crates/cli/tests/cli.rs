@@ -295,6 +295,23 @@ fn bad_input_is_one_message_exit_2_and_nothing_written() {
             "unknown --oracle-form",
         ),
         (vec![], "give --sampler NAME or --scheduler-config FILE"),
+        (
+            vec!["--sampler", "pc", "--sde", "vp", "--sigma-min", "0.1"],
+            "VP and sub-VP use β",
+        ),
+        (
+            vec!["--sampler", "pc", "--sde", "subvp", "--predictor", "ancestral"],
+            "sub-VP",
+        ),
+        (
+            vec!["--sampler", "pc", "--predictor", "leapfrog"],
+            "unknown predictor",
+        ),
+        (vec!["--sampler", "euler", "--snr", "0.1"], "--snr does not apply"),
+        (
+            vec!["--sampler", "ald", "--sigma-min", "2", "--sigma-max", "1"],
+            "0 < --sigma-min < --sigma-max",
+        ),
     ];
     for (extra, message) in cases {
         let mut args = vec!["sample", "--oracle", &oracle, "--init-noise", &z, "--out", &out];
@@ -404,4 +421,138 @@ fn every_named_sampler_runs_and_flow_odes_reach_the_data() {
             assert!(near, "{name}: sample {p:?} is far from every mode");
         }
     }
+}
+
+#[test]
+fn a_score_sde_ve_scheduler_config_runs_the_pc_loop() {
+    let dir = Dir::new("sdeve");
+    let c = case("k-diffusion/euler/karras10");
+    let (oracle, z) = inputs(&dir, &c);
+    let config = dir.path("scheduler_config.json");
+    let fx = fixture("score_sde.json");
+    std::fs::write(&config, fx["score_sde_ve_scheduler"]["config"].to_string()).unwrap();
+    let (a, b) = (dir.path("a.npy"), dir.path("b.npy"));
+    let base = ["sample", "--oracle", &oracle, "--init-noise", &z, "--seed", "3"];
+    let mut first = base.to_vec();
+    first.extend(["--out", &a, "--scheduler-config", &config, "--steps", "50"]);
+    let r = run(&first);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        stderr.contains("depends on the rest of its batch") && stderr.contains("NFE 100"),
+        "{stderr}"
+    );
+    // The same sampler by name: VE σ ∈ [0.01, 50], r = 0.15, N = 50.
+    let mut second = base.to_vec();
+    second.extend([
+        "--out",
+        &b,
+        "--sampler",
+        "pc",
+        "--steps",
+        "50",
+        "--snr",
+        "0.15",
+        "--sigma-max",
+        "50",
+    ]);
+    let r = run(&second);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let (xa, xb) = (
+        NpyArray::read(&a).unwrap().to_f64(),
+        NpyArray::read(&b).unwrap().to_f64(),
+    );
+    assert_eq!(xa, xb, "the scheduler config and --sampler pc agree bit for bit");
+}
+
+#[test]
+fn likelihood_matches_score_sde_and_its_estimators_agree() {
+    let dir = Dir::new("ll");
+    let fx = fixture("score_sde.json");
+    let case = fx["likelihood"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "likelihood/VPSDE/tol=1e-9")
+        .unwrap()
+        .clone();
+    let (x, n) = rows(&case["data"]);
+    let data = dir.path("x.npy");
+    NpyArray::from_f64(vec![n, 2], x).unwrap().write(&data).unwrap();
+    let oracle = fixtures().join("gmm2d.json").to_str().unwrap().to_string();
+    let out = dir.path("ll.npy");
+    let reference: Vec<f64> = case["logp_nats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    let base = [
+        "likelihood",
+        "--oracle",
+        &oracle,
+        "--data",
+        &data,
+        "--out",
+        &out,
+        "--sde",
+        "vp",
+    ];
+    for (extra, tol) in [
+        (vec!["--rtol", "1e-9", "--atol", "1e-9"], 1e-7),
+        (vec!["--rtol", "1e-7", "--atol", "1e-7", "--exact-trace"], 1e-5),
+        (vec!["--hutchinson", "256", "--seed", "1"], 0.1),
+    ] {
+        let mut args = base.to_vec();
+        args.extend(extra.iter().copied());
+        let r = run(&args);
+        assert!(
+            r.status.success(),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&r.stdout);
+        assert!(stdout.contains("bits/dim"), "{stdout}");
+        let ll = NpyArray::read(&out).unwrap().to_f64();
+        let err = ll
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
+        assert!(err < tol, "{extra:?}: log p off by {err:e}");
+    }
+    let bad = dir.path("bad.npy");
+    NpyArray::from_f64(vec![2, 3], vec![0.0; 6])
+        .unwrap()
+        .write(&bad)
+        .unwrap();
+    for (extra, message) in [
+        (vec!["--hutchinson", "0"], "at least 1 probe"),
+        (vec!["--sigma-min", "0.1"], "VP and sub-VP use β"),
+    ] {
+        let never = dir.path("never.npy");
+        let mut args = vec![
+            "likelihood",
+            "--oracle",
+            &oracle,
+            "--data",
+            &data,
+            "--out",
+            &never,
+            "--sde",
+            "vp",
+        ];
+        args.extend(extra.iter().copied());
+        let r = run(&args);
+        assert_eq!(r.status.code(), Some(2));
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains(message),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(!Path::new(&never).exists());
+    }
+    let r = run(&["likelihood", "--oracle", &oracle, "--data", &bad, "--out", &out]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("expected shape [n, 2]"));
 }

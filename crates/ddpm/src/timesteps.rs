@@ -1,6 +1,6 @@
 //! Drawing training timesteps: uniformly (Ho et al. 2020), or by importance with the loss-
 //! aware sampler of Improved DDPM (Nichol & Dhariwal 2021, §3.3), which draws t with
-//! probability ∝ √E[L_t²] and reweights by 1/(T p_t) so that the estimate of L_vlb stays
+//! probability ∝ √E\[L_t²\] and reweights by 1/(T p_t) so that the estimate of L_vlb stays
 //! unbiased with lower variance.
 
 use std::collections::VecDeque;
