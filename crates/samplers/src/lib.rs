@@ -14,6 +14,8 @@
 //!   [`dpm_multistep`] (DPM-Solver(++) multistep of orders 1–3, ODE and SDE, in k-diffusion's
 //!   and diffusers' conventions), [`dpm_solver`] (DPM-Solver fast and
 //!   adaptive), all built on [`single_step`];
+//! - divergences by autodiff, exact or Hutchinson ([`divergence`]), and log-densities by
+//!   the instantaneous change of variables ([`cnf`]);
 //! - ODE integration: [`ode`] (Euler, midpoint, Heun, RK4, Dormand–Prince) and
 //!   [`pf_ode`] (the probability-flow ODE in σ or flow time; diffusers' flow-matching
 //!   Euler), with the flow views of [`flow`];
@@ -22,11 +24,13 @@
 //! - [`diffusers`]: a diffusers `scheduler_config.json` mapped onto these samplers, exactly.
 
 pub mod ancestral;
+pub mod cnf;
 pub mod ddim;
 pub mod ddim_inversion;
 pub mod ddpm;
 pub mod denoiser;
 pub mod diffusers;
+pub mod divergence;
 pub mod dpm_multistep;
 pub mod dpm_solver;
 pub mod edm;
@@ -45,11 +49,13 @@ pub mod ve;
 pub mod vp_step;
 
 pub use ancestral::AncestralSampler;
+pub use cnf::{DivergenceField, LogDensityChange, integrate_log_density};
 pub use ddim::Ddim;
 pub use ddim_inversion::{DdimInversion, InversionEval, InversionStep};
 pub use ddpm::{Ddpm, VarianceType};
 pub use denoiser::{Clipped, Counted, Denoiser, DiscreteModel};
 pub use diffusers::{DiffusersError, DiffusersScheduler, ModelForm, Plan, SchedulerClass, StepOptions};
+pub use divergence::{Probe, exact_divergence, hutchinson_divergence, vector_jacobian};
 pub use dpm_multistep::{DpmAlgorithm, DpmDialect, DpmMultistep, SolverType};
 pub use dpm_solver::{DpmSolverAdaptive, DpmSolverFast};
 pub use edm::EdmSampler;

@@ -28,6 +28,7 @@ pub mod score_sde_ve;
 pub mod sde;
 
 pub use bpd::{Quantization, bits_per_dim, dequantize};
+pub use diffusion_samplers::Probe;
 pub use langevin::{AnnealedLangevin, LangevinDynamics, geometric_sigmas, langevin_update, ve_score};
 pub use likelihood::{
     DenoiserDivergence, Divergence, ExactTrace, HutchinsonTrace, Likelihood, LikelihoodError,
@@ -35,7 +36,7 @@ pub use likelihood::{
 };
 pub use ncsn::{ScoreModelDenoiser, ScoreOutput};
 pub use objectives::{
-    Probe, Reduction, ScoreModel, denoising_score_matching, explicit_score_matching, ladder_draw,
+    Reduction, ScoreModel, denoising_score_matching, explicit_score_matching, ladder_draw,
     sde_score_matching, sliced_score_matching,
 };
 pub use pc::{Corrector, PcSampler, Predictor};

@@ -1,22 +1,24 @@
 //! Exact likelihoods through the probability-flow ODE (Song et al. 2021, §4.3 and
-//! Appendix D.2; Chen et al. 2018, instantaneous change of variables):
+//! Appendix D.2):
 //!
-//! log p₀(x) = log p_T(x_T) + ∫₀ᵀ ∇·f̃(x_t, t) dt,  with f̃ = f − ½ g² s,
+//! log p_ε(x) = log p_T(x_T) + ∫_ε^T ∇·f̃(x_t, t) dt,  with f̃ = f − ½ g² s,
 //!
-//! integrated from ε to T on the augmented state [x, Δ] by adaptive Dormand–Prince. The
-//! divergence of the drift comes from the denoiser: with s = (α D − x)/σ² and f = a(t) x,
-//! ∇·f̃ = a d − ½ g² (α ∇·D − d)/σ². ∇·D is exact (closed form for the mixture oracle, or d
-//! reverse-mode passes through any differentiable denoiser) or Hutchinson's unbiased
-//! estimate vᵀ (∂D/∂x) v with one probe v per sample held fixed over the solve
-//! (Grathwohl et al. 2019, FFJORD).
+//! integrated by the instantaneous change of variables of `diffusion_samplers::cnf` with
+//! adaptive Dormand–Prince. The divergence of the drift comes from the denoiser: with
+//! s = (α D − x)/σ² and f = a(t) x, ∇·f̃ = a d − ½ g² (α ∇·D − d)/σ². ∇·D is exact (closed
+//! form for the mixture oracle, or d reverse-mode passes through any differentiable
+//! denoiser) or Hutchinson's unbiased estimate vᵀ (∂D/∂x) v with one probe v per sample held
+//! fixed over the solve (Grathwohl et al. 2019, FFJORD).
 
 use burn::tensor::Tensor;
 use diffusion_core::noise::NoiseSource;
-use diffusion_core::tensor::{from_f64_like, to_f64};
-use diffusion_samplers::{Denoiser, Dopri5, GaussianMixture, NoiseLevel, OdeError, OdeStats, OdeSystem};
+use diffusion_core::tensor::to_f64;
+use diffusion_samplers::{
+    Denoiser, DivergenceField, Dopri5, GaussianMixture, NoiseLevel, OdeError, OdeStats, Probe,
+    exact_divergence, hutchinson_divergence, integrate_log_density,
+};
 use serde::{Deserialize, Serialize};
 
-use crate::objectives::Probe;
 use crate::sde::Sde;
 
 /// A denoiser with (an estimate of) its divergence ∇·D = tr ∂D/∂x.
@@ -33,46 +35,13 @@ impl DenoiserDivergence for GaussianMixture {
     }
 }
 
-/// x as a fresh autodiff leaf that keeps its gradient.
-fn leaf(x: &Tensor<2>) -> Tensor<2> {
-    x.clone().without_autodiff().autodiff().require_grad()
-}
-
-/// vᵀ ∂D/∂x with one reverse-mode pass (D evaluated at a leaf copy of x): (D(x), vᵀ J).
-fn vector_jacobian(
-    denoiser: &dyn Denoiser,
-    x: &Tensor<2>,
-    level: NoiseLevel,
-    v: Tensor<2>,
-) -> (Tensor<2>, Tensor<2>) {
-    let input = leaf(x);
-    let out = denoiser.denoise(input.clone(), level);
-    let grads = (out.clone() * v.autodiff()).sum().backward();
-    let vjp = input
-        .grad(&grads)
-        .expect("the denoiser's output depends on its input");
-    (out.without_autodiff(), vjp)
-}
-
 /// The exact divergence of any denoiser differentiable by burn's autodiff: one reverse
 /// pass per dimension (d passes; for images prefer [`HutchinsonTrace`]).
 pub struct ExactTrace<'a>(pub &'a dyn Denoiser);
 
 impl DenoiserDivergence for ExactTrace<'_> {
     fn denoise_with_divergence(&self, x: Tensor<2>, level: NoiseLevel) -> (Tensor<2>, Tensor<1>) {
-        let [n, d] = x.dims();
-        let mut trace = vec![0.0; n];
-        let mut value = None;
-        for i in 0..d {
-            let unit: Vec<f64> = (0..n * d).map(|k| if k % d == i { 1.0 } else { 0.0 }).collect();
-            let (out, vjp) = vector_jacobian(self.0, &x, level, from_f64_like(unit, [n, d], &x));
-            for (t, row) in trace.iter_mut().zip(to_f64(&vjp).chunks(d)) {
-                *t += row[i];
-            }
-            value = Some(out);
-        }
-        let value = value.unwrap_or_else(|| self.0.denoise(x.clone(), level));
-        (value, from_f64_like(trace, [n], &x))
+        exact_divergence(&|x| self.0.denoise(x, level), &x)
     }
 }
 
@@ -86,9 +55,7 @@ pub struct HutchinsonTrace<'a> {
 
 impl DenoiserDivergence for HutchinsonTrace<'_> {
     fn denoise_with_divergence(&self, x: Tensor<2>, level: NoiseLevel) -> (Tensor<2>, Tensor<1>) {
-        let [n, _] = x.dims();
-        let (out, vjp) = vector_jacobian(self.denoiser, &x, level, self.probe.clone());
-        (out, (vjp * self.probe.clone()).sum_dim(1).reshape([n]))
+        hutchinson_divergence(&|x| self.denoiser.denoise(x, level), &x, &self.probe)
     }
 }
 
@@ -167,26 +134,23 @@ impl Likelihood {
                 self.eps
             )));
         }
-        let [n, d] = x.dims();
-        let state = Tensor::cat(vec![x.clone(), x.zeros_like().slice([0..n, 0..1])], 1);
-        let system = AugmentedFlow {
+        let flow = ProbabilityFlowDivergence {
             sde: &self.sde,
             model,
-            dim: d,
         };
-        let (end, stats) = self
-            .solver
-            .integrate(&system, state, self.eps, self.sde.t_end())?;
-        let latent = end.clone().slice([0..n, 0..d]);
-        let delta = to_f64(&end.slice([0..n, d..d + 1]));
-        let prior_log_prob = to_f64(&self.sde.prior_log_prob(latent.clone()));
-        let log_prob = prior_log_prob.iter().zip(&delta).map(|(p, q)| p + q).collect();
+        let change = integrate_log_density(&flow, x, self.eps, self.sde.t_end(), &self.solver)?;
+        let prior_log_prob = to_f64(&self.sde.prior_log_prob(change.latent.clone()));
+        let log_prob = prior_log_prob
+            .iter()
+            .zip(&change.delta)
+            .map(|(p, q)| p + q)
+            .collect();
         Ok(LikelihoodOutput {
             log_prob,
             prior_log_prob,
-            delta,
-            latent,
-            stats,
+            delta: change.delta,
+            latent: change.latent,
+            stats: change.stats,
         })
     }
 
@@ -209,18 +173,15 @@ impl Likelihood {
     }
 }
 
-/// The probability-flow ODE on [x, Δ]: d/dt [x, Δ] = [f̃(x, t), ∇·f̃(x, t)].
-struct AugmentedFlow<'a> {
+/// The probability-flow drift f̃ and its divergence, from the denoiser's.
+struct ProbabilityFlowDivergence<'a> {
     sde: &'a Sde,
     model: &'a dyn DenoiserDivergence,
-    dim: usize,
 }
 
-impl OdeSystem for AugmentedFlow<'_> {
-    fn derivative(&self, state: Tensor<2>, t: f64) -> Tensor<2> {
-        let [n, _] = state.dims();
-        let d = self.dim;
-        let x = state.slice([0..n, 0..d]);
+impl DivergenceField for ProbabilityFlowDivergence<'_> {
+    fn value_and_divergence(&self, x: Tensor<2>, t: f64) -> (Tensor<2>, Tensor<1>) {
+        let [_, d] = x.dims();
         let (alpha, sigma) = self.sde.marginal(t);
         let level = NoiseLevel {
             alpha,
@@ -238,6 +199,6 @@ impl OdeSystem for AugmentedFlow<'_> {
         let div = div_d
             .mul_scalar(-0.5 * g2 * alpha / s2)
             .add_scalar(a * d as f64 + 0.5 * g2 * d as f64 / s2);
-        Tensor::cat(vec![drift, div.reshape([n, 1])], 1)
+        (drift, div)
     }
 }

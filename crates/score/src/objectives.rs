@@ -2,7 +2,7 @@
 //!
 //! - explicit (Hyvärinen 2005, Theorem 1): J(θ) = E_p[tr ∇ₓ s_θ(x) + ½ ‖s_θ(x)‖²], with the
 //!   trace taken exactly from one Jacobian-vector product per dimension;
-//! - sliced (Song et al. 2019, eq. 6): E_p E_v[vᵀ ∇ₓ s_θ(x) v + ½ (vᵀ s_θ(x))²], and its
+//! - sliced (Song et al. 2019, eq. 6; projections from `diffusion_samplers::Probe`): E_p E_v[vᵀ ∇ₓ s_θ(x) v + ½ (vᵀ s_θ(x))²], and its
 //!   variance-reduced form (eq. 7) with ½ ‖s_θ(x)‖² for Gaussian probes;
 //! - denoising (Vincent 2011, eq. 11): ½ ‖s_θ(x̃, σ) + (x̃ − x)/σ²‖² for x̃ = x + σ z, with
 //!   NCSN's weighting λ(σ) = σ^p (Song & Ermon 2019, eq. 6; p = 2);
@@ -13,7 +13,6 @@
 //! product is either exact (forward mode, e.g. `Mlp::forward_jvp`) or a central difference.
 
 use burn::tensor::Tensor;
-use diffusion_core::noise::NoiseSource;
 use diffusion_core::tensor::{from_f64_like, per_sample};
 use serde::{Deserialize, Serialize};
 
@@ -41,50 +40,6 @@ pub const JVP_STEP: f64 = 1e-4;
 impl<F: Fn(Tensor<2>, Tensor<1>) -> Tensor<2>> ScoreModel for F {
     fn score(&self, x: Tensor<2>, cond: Tensor<1>) -> Tensor<2> {
         self(x, cond)
-    }
-}
-
-/// The distribution of the projections v of sliced score matching (E[v vᵀ] = I for all).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Probe {
-    /// v ~ N(0, I).
-    #[default]
-    Gaussian,
-    /// Independent ±1 entries (the Hutchinson estimator of least variance).
-    Rademacher,
-    /// Uniform on the sphere of radius √d.
-    Sphere,
-}
-
-impl std::str::FromStr for Probe {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "gaussian" => Ok(Self::Gaussian),
-            "rademacher" => Ok(Self::Rademacher),
-            "sphere" => Ok(Self::Sphere),
-            other => Err(format!(
-                "unknown probe `{other}`: expected gaussian, rademacher or sphere"
-            )),
-        }
-    }
-}
-
-impl Probe {
-    /// Probes shaped and typed like `like`, built from standard normal draws (one row per
-    /// sample, so per-sample streams keep their independence of the batch).
-    pub fn draw(self, noise: &mut dyn NoiseSource, like: &Tensor<2>) -> Tensor<2> {
-        let [n, d] = like.dims();
-        let z = noise.normal_tensor(n, d, &like.device(), like.dtype());
-        match self {
-            Self::Gaussian => z,
-            Self::Rademacher => z.sign(),
-            Self::Sphere => {
-                let norm = z.clone().square().sum_dim(1).sqrt();
-                z.div(norm).mul_scalar((d as f64).sqrt())
-            }
-        }
     }
 }
 
