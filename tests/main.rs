@@ -3,6 +3,7 @@
 
 mod ddpm_bound;
 mod diffusers_reference;
+mod flow;
 mod foundation;
 mod kdiffusion_reference;
 mod ode;

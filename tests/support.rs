@@ -42,6 +42,18 @@ pub fn is_slow_backend() -> bool {
     )
 }
 
+/// Whether to run the tests that train networks for many steps: always on flex and ndarray;
+/// on wgpu only with `DIFFUSION_TRAIN_TESTS=1` (on the software Vulkan driver CI uses they
+/// take minutes; set it on a real GPU).
+pub fn run_training_tests() -> bool {
+    let on = spec().backend != diffusion_core::BackendKind::Wgpu
+        || std::env::var("DIFFUSION_TRAIN_TESTS").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("skipped on wgpu: set DIFFUSION_TRAIN_TESTS=1 to train here");
+    }
+    on
+}
+
 /// The path of a committed fixture file under `tests/fixtures/`.
 pub fn fixture_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

@@ -10,6 +10,7 @@
 //! | [`ddpm`] | `diffusion-ddpm` | forward process, parameterisations, losses |
 //! | [`samplers`] | `diffusion-samplers` | the denoiser interface and the samplers |
 //! | [`score`] | `diffusion-score` | SDEs, score matching, Langevin and PC sampling, likelihoods |
+//! | [`flow`] | `diffusion-flow` | flow matching, OT couplings, rectified flow, reflow |
 //! | [`backbones`] | `diffusion-backbones` | denoising networks |
 //! | [`data`] | `diffusion-data` | data sets |
 //! | [`train`] | `diffusion-train` | the training loop |
@@ -24,6 +25,7 @@ pub use diffusion_core as core;
 pub use diffusion_core::burn;
 pub use diffusion_data as data;
 pub use diffusion_ddpm as ddpm;
+pub use diffusion_flow as flow;
 pub use diffusion_metrics as metrics;
 pub use diffusion_samplers as samplers;
 pub use diffusion_schedules as schedules;
