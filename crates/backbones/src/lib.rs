@@ -5,9 +5,12 @@
 //! `diffusion-samplers` wrappers turn it into a denoiser.
 //!
 //! - [`mlp`]: a residual MLP for low-dimensional data;
-//! - [`embedding`]: sinusoidal embeddings of a continuous scalar.
+//! - [`embedding`]: sinusoidal embeddings of a continuous scalar;
+//! - [`init`]: reproducible, backend-independent parameter initialisation.
 
 pub mod embedding;
+pub mod init;
 pub mod mlp;
 
+pub use init::SeededInit;
 pub use mlp::{Mlp, MlpConfig};

@@ -11,11 +11,12 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::nn::{LayerNorm, LayerNormConfig, Linear};
 use burn::tensor::activation::{sigmoid, silu};
 use burn::tensor::{Device, Tensor};
 
 use crate::embedding::{SinusoidalOptions, sinusoidal_embedding};
+use crate::init::SeededInit;
 
 /// Configuration of an [`Mlp`].
 #[derive(Config, Debug)]
@@ -34,6 +35,9 @@ pub struct MlpConfig {
     /// Factor on t before the embedding (e.g. 1000 when t lies in [0, 1]).
     #[config(default = 1.0)]
     pub time_scale: f64,
+    /// The seed of the initial parameters (see [`SeededInit`]).
+    #[config(default = 0)]
+    pub seed: u64,
 }
 
 /// One residual block: h + W₂ SiLU(W₁ LN(h) + U e).
@@ -103,11 +107,13 @@ pub struct Mlp {
 }
 
 impl MlpConfig {
-    /// The network, initialised on `device` (PyTorch's default Linear initialisation).
+    /// The network, initialised on `device` from `seed` (PyTorch's default Linear
+    /// initialisation, drawn reproducibly on the host).
     pub fn init(&self, device: &Device) -> Mlp {
         let h = self.hidden;
         let e = self.time_embed_dim;
-        let linear = |a, b| LinearConfig::new(a, b).init(device);
+        let mut init = SeededInit::new(self.seed);
+        let mut linear = |a, b| init.linear(a, b, device);
         Mlp {
             input: linear(self.data_dim, h),
             time1: linear(e, h),
