@@ -52,6 +52,7 @@ fixtures python="python3":
     {{python}} scripts/fixtures/backbones.py
     {{python}} scripts/fixtures/improved_diffusion.py
     {{python}} scripts/fixtures/score_sde.py
+    {{python}} scripts/fixtures/flow.py
 
 # Everything CI runs.
 ci:

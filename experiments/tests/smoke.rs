@@ -77,3 +77,60 @@ fn bad_options_are_one_clear_error() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn flow2d_writes_its_run_folder() {
+    let out = std::env::temp_dir().join(format!("flow2d-smoke-{}", std::process::id()));
+    let result = run(
+        env!("CARGO_BIN_EXE_flow2d"),
+        &[
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.steps=20",
+            "--set",
+            "train.log_every=10",
+            "--set",
+            "reflow.steps=10",
+            "--set",
+            "reflow.pairs=256",
+            "--set",
+            "reflow.solver_steps=4",
+            "--set",
+            "eval.steps=[1, 4]",
+            "--set",
+            "eval.num_samples=64",
+            "--set",
+            "eval.reference_size=64",
+            "--set",
+            "eval.trajectories=8",
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    for file in [
+        "config.toml",
+        "loss.csv",
+        "metrics.json",
+        "table.md",
+        "sw_vs_steps.png",
+        "trajectories.png",
+        "reflow-pairs/x0.npy",
+        "reflow-pairs/x1.npy",
+    ] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    for method in ["cfm", "ot-cfm", "rf2"] {
+        let sw = &metrics["methods"][method]["sliced_wasserstein"];
+        assert!(
+            sw["1"].as_f64().unwrap().is_finite() && sw["4"].as_f64().unwrap().is_finite(),
+            "{metrics}"
+        );
+    }
+    std::fs::remove_dir_all(&out).unwrap();
+}

@@ -63,7 +63,7 @@ pub fn squared_distances(a: &[f64], b: &[f64], dim: usize) -> Vec<f64> {
 }
 
 /// The optimal assignment of an `n × n` cost matrix (row-major): `col[i]` is the column of
-/// row i, minimising Σᵢ cost[i, col[i]].
+/// row i, minimising Σᵢ `cost[i, col[i]]`.
 pub fn optimal_assignment(cost: &[f64], n: usize) -> Result<Vec<usize>, CouplingError> {
     if n == 0 || cost.len() != n * n {
         return Err(CouplingError::Sizes(n, cost.len() / n.max(1)));
@@ -284,7 +284,7 @@ pub fn sample_plan(plan: &[f64], m: usize, uniforms: &[f64]) -> (Vec<usize>, Vec
         .unzip()
 }
 
-/// The total squared-distance cost Σᵢ ‖x₀ⁱ − x₁^{col[i]}‖² of an assignment.
+/// The total squared-distance cost Σᵢ ‖x₀ⁱ − x₁^{col(i)}‖² of an assignment.
 pub fn assignment_cost(cost: &[f64], n: usize, cols: &[usize]) -> f64 {
     (0..n).map(|i| cost[i * n + cols[i]]).sum()
 }

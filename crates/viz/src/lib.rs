@@ -4,7 +4,8 @@
 //! its licence is in `assets/LICENSE_DEJAVU`):
 //!
 //! - [`scatter`]: 2-D point clouds, e.g. samples against data;
-//! - [`line_plot`]: curves on linear or logarithmic axes, e.g. loss curves or error vs NFE.
+//! - [`line_plot`]: curves on linear or logarithmic axes, e.g. loss curves or error vs NFE;
+//! - [`trajectories`]: 2-D paths side by side, e.g. the ODE trajectories of several flows.
 
 use std::path::Path;
 use std::sync::Once;
@@ -234,6 +235,73 @@ pub fn line_plot(
         .border_style(BLACK)
         .draw()
         .map_err(|e| err(path, e))?;
+    root.present().map_err(|e| err(path, e))
+}
+
+/// One panel of [`trajectories`]: paths from their start (grey) to their end (coloured).
+#[derive(Clone, Copy, Debug)]
+pub struct TrajectoryPanel<'a> {
+    /// The panel's title.
+    pub title: &'a str,
+    /// The paths, each row-major `[steps + 1, 2]`.
+    pub paths: &'a [Vec<f64>],
+    /// The colour of the paths' ends.
+    pub color: Rgb,
+}
+
+/// Draws panels of 2-D paths in one row, each `panel` pixels, on common axes `range`
+/// (or the range of all paths).
+pub fn trajectories(
+    path: &Path,
+    panels: &[TrajectoryPanel<'_>],
+    panel: (u32, u32),
+    range: Option<((f64, f64), (f64, f64))>,
+) -> Result<()> {
+    register_font();
+    let all = || {
+        panels
+            .iter()
+            .flat_map(|p| p.paths.iter().flat_map(|q| q.chunks_exact(2)))
+    };
+    let ((x0, x1), (y0, y1)) =
+        range.unwrap_or_else(|| (padded(all().map(|p| p[0])), padded(all().map(|p| p[1]))));
+    let width = panel.0 * panels.len().max(1) as u32;
+    let root = BitMapBackend::new(path, (width, panel.1)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (area, p) in areas.iter().zip(panels) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(p.title, ("sans-serif", 16))
+            .margin(10)
+            .x_label_area_size(25)
+            .y_label_area_size(30)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| err(path, e))?;
+        chart
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(|e| err(path, e))?;
+        let color = rgb(p.color);
+        for q in p.paths {
+            let pts: Vec<(f64, f64)> = q
+                .chunks_exact(2)
+                .filter(|v| v[0].is_finite() && v[1].is_finite())
+                .map(|v| (v[0], v[1]))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(pts.clone(), color.mix(0.25).stroke_width(1)))
+                .map_err(|e| err(path, e))?;
+            if let (Some(first), Some(last)) = (pts.first(), pts.last()) {
+                chart
+                    .draw_series([
+                        Circle::new(*first, 1, rgb(PALETTE[7]).filled()),
+                        Circle::new(*last, 2, color.filled()),
+                    ])
+                    .map_err(|e| err(path, e))?;
+            }
+        }
+    }
     root.present().map_err(|e| err(path, e))
 }
 
