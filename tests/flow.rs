@@ -418,6 +418,111 @@ fn the_oracle_flow_samples_the_mixture_and_gives_its_exact_density() {
     }
 }
 
+/// I(t) = cos(πt/2) x₀ + sin(πt/2) x₁ written as a plain interpolation, its derivative left to
+/// the default central difference.
+struct Arc;
+
+impl diffusion_flow::Interpolant for Arc {
+    fn interpolate(&self, t: &[f64], x0: Tensor<2>, x1: Tensor<2>) -> Tensor<2> {
+        use std::f64::consts::FRAC_PI_2;
+        let cos: Vec<f64> = t.iter().map(|t| (FRAC_PI_2 * t).cos()).collect();
+        let sin: Vec<f64> = t.iter().map(|t| (FRAC_PI_2 * t).sin()).collect();
+        diffusion_core::tensor::lincomb(x0, &cos, x1, &sin)
+    }
+}
+
+#[test]
+fn a_user_interpolant_needs_only_its_formula() {
+    let device = device();
+    let dtype = best_dtype(&device);
+    let n = 6;
+    let x0 = SampleNoise::range(1, 0..n as u64).normal_tensor(n, 2, &device, dtype);
+    let x1 = SampleNoise::range(2, 0..n as u64).normal_tensor(n, 2, &device, dtype);
+    let t = vec![0.0, 0.1, 0.35, 0.5, 0.8, 1.0];
+    let ours = diffusion_flow::interpolant_batch(&Arc, &t, x0.clone(), x1.clone());
+    let trig = FlowMatcher {
+        path: AffinePath::Trig,
+        ..FlowMatcher::rectified()
+    }
+    .path_batch(&t, x0, x1, None);
+    assert_dev("x_t", &to_f64(&ours.xt), &to_f64(&trig.xt), tol(dtype, 1e-15));
+    // The central difference (h = 1e-4, one-sided at the ends) against the exact derivative.
+    assert_dev(
+        "u_t",
+        &to_f64(&ours.ut),
+        &to_f64(&trig.ut),
+        if dtype == DType::F64 { 1e-4 } else { 1e-2 },
+    );
+}
+
+#[test]
+fn every_sampler_runs_on_a_velocity_model() {
+    // A velocity network seen as a denoiser: the EDM Heun sampler and DPM-Solver++(2M) on the
+    // oracle's velocity field give what they give on the oracle itself.
+    let device = device();
+    let dtype = best_dtype(&device);
+    let oracle = gmm2d();
+    let field = DenoiserVelocity {
+        denoiser: &oracle,
+        path: AffinePath::Linear,
+    };
+    let model = VelocityDenoiser {
+        field: &field,
+        path: AffinePath::Linear,
+    };
+    let grid = diffusion_schedules::SigmaGrid::karras(12, 0.01, 40.0, 7.0).unwrap();
+    let samplers: Vec<Box<dyn diffusion_samplers::Sampler>> = vec![
+        Box::new(diffusion_samplers::EdmSampler::new(
+            grid.clone(),
+            diffusion_samplers::OdeMethod::Heun,
+        )),
+        Box::new(diffusion_samplers::DpmMultistep::two_m(grid)),
+    ];
+    let n = 16;
+    for sampler in samplers {
+        let x = SampleNoise::range(8, 0..n as u64)
+            .normal_tensor(n, 2, &device, dtype)
+            .mul_scalar(sampler.init_noise_sigma());
+        let a = sampler
+            .sample(&oracle, x.clone(), &mut SampleNoise::range(9, 0..n as u64))
+            .unwrap();
+        let b = sampler
+            .sample(&model, x, &mut SampleNoise::range(9, 0..n as u64))
+            .unwrap();
+        assert_dev("samples", &to_f64(&b.x), &to_f64(&a.x), tol(dtype, 1e-8));
+    }
+}
+
+#[test]
+fn hutchinson_flow_likelihoods_are_unbiased() {
+    let device = device();
+    let dtype = best_dtype(&device);
+    let oracle = gmm2d();
+    let field = DenoiserVelocity {
+        denoiser: &oracle,
+        path: AffinePath::Linear,
+    };
+    let k = if is_slow_backend() { 16 } else { 64 };
+    let x = tensor2([0.9, -1.6].repeat(k), k, &device, dtype);
+    let probe = diffusion_samplers::Probe::Rademacher.draw(&mut SampleNoise::range(4, 0..k as u64), &x);
+    let solver = Dopri5 {
+        rtol: 1e-5,
+        atol: 1e-5,
+        ..Dopri5::default()
+    };
+    let t1 = 1.0 - 1e-4;
+    let hutch = diffusion_flow::HutchinsonVelocityDivergence { field: &field, probe };
+    let est = flow_log_likelihood(&hutch, x.clone(), t1, &solver)
+        .unwrap()
+        .log_prob;
+    let want = to_f64(&oracle.log_prob(x.slice([0..1, 0..2]), path_level(&AffinePath::Linear, t1)))[0];
+    let (m, se) = mean_se(&est);
+    assert!(
+        (m - want).abs() < 4.0 * se + 1e-3,
+        "Hutchinson {m} ± {se} vs exact {want}"
+    );
+}
+
 /// A network as a velocity model `(x, t) ↦ v`.
 fn call(m: &diffusion_backbones::Mlp) -> impl Fn(Tensor<2>, Tensor<1>) -> Tensor<2> + '_ {
     move |x, t| m.forward(x, t)

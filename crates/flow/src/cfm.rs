@@ -198,6 +198,18 @@ fn check_uniforms(uniforms: &[f64], n: usize) -> Result<Vec<f64>, CouplingError>
     Ok(uniforms.to_vec())
 }
 
+/// A deterministic path batch of any interpolation (Albergo & Vanden-Eijnden's stochastic
+/// interpolants without the latent term): x_t = I(t, x₀, x₁), u_t = ∂I/∂t.
+pub fn interpolant_batch(interpolant: &dyn Interpolant, t: &[f64], x0: Tensor<2>, x1: Tensor<2>) -> CfmBatch {
+    CfmBatch {
+        t: t.to_vec(),
+        xt: interpolant.interpolate(t, x0.clone(), x1.clone()),
+        ut: interpolant.time_derivative(t, x0.clone(), x1.clone()),
+        x0,
+        x1,
+    }
+}
+
 /// Rows `index` of `x`.
 pub fn select_rows(x: Tensor<2>, index: &[usize]) -> Tensor<2> {
     let idx: Vec<i64> = index.iter().map(|&i| i as i64).collect();

@@ -20,7 +20,7 @@ pub mod path;
 pub mod reflow;
 pub mod velocity;
 
-pub use cfm::{CfmBatch, FlowMatcher, PlanSampling, cfm_loss, select_rows};
+pub use cfm::{CfmBatch, FlowMatcher, PlanSampling, cfm_loss, interpolant_batch, select_rows};
 pub use coupling::{
     Coupling, CouplingError, SinkhornMethod, SinkhornOptions, assignment_cost, optimal_assignment,
     sample_plan, sinkhorn_plan, squared_distances,
