@@ -138,3 +138,55 @@ pub fn tensor2(values: Vec<f64>, n: usize, device: &Device, dtype: DType) -> bur
     let d = values.len() / n;
     diffusion_core::tensor::from_f64(values, [n, d], device, dtype)
 }
+
+/// A tensor read from a safetensors file: shape and values as f64 (F32, F64 and I64).
+pub struct SafeTensor {
+    /// The shape.
+    pub shape: Vec<usize>,
+    /// The values, row-major.
+    pub values: Vec<f64>,
+}
+
+/// Every tensor of a safetensors file (the format: an 8-byte little-endian header length,
+/// a JSON header of names → dtype, shape and byte offsets, then the data).
+pub fn read_safetensors(path: &std::path::Path) -> std::collections::HashMap<String, SafeTensor> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut out = std::collections::HashMap::new();
+    for (name, meta) in header.as_object().unwrap() {
+        if name == "__metadata__" {
+            continue;
+        }
+        let shape: Vec<usize> = meta["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as usize)
+            .collect();
+        let offsets = meta["data_offsets"].as_array().unwrap();
+        let (a, b) = (
+            offsets[0].as_u64().unwrap() as usize,
+            offsets[1].as_u64().unwrap() as usize,
+        );
+        let raw = &data[a..b];
+        let values: Vec<f64> = match meta["dtype"].as_str().unwrap() {
+            "F32" => raw
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            "F64" => raw
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+            "I64" => raw
+                .chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            other => panic!("{name}: dtype {other} not handled"),
+        };
+        out.insert(name.clone(), SafeTensor { shape, values });
+    }
+    out
+}

@@ -1,0 +1,104 @@
+//! Multi-head attention (Vaswani et al. 2017) as the diffusion backbones use it, on burn's
+//! fused attention op (flash / memory-efficient kernels where the backend has them, so the
+//! N×N score matrix of a 16×16 feature map is not materialised in inference):
+//!
+//! - [`Attention`]: q from x, k and v from x or a context sequence, `heads` heads of width
+//!   d = C/heads, softmax(q kᵀ/√d) v, an output projection;
+//! - [`SpatialSelfAttention`]: the U-Net's residual self-attention over the H·W positions of
+//!   a feature map, after a group norm (DDPM, ADM; diffusers' `Attention` with
+//!   `residual_connection`).
+
+use burn::module::Module;
+use burn::nn::{GroupNorm, Linear};
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Device, Tensor};
+
+use crate::init::SeededInit;
+use crate::ops::{from_tokens, to_tokens};
+
+/// Multi-head (cross-)attention with projections `to_q`, `to_k`, `to_v`, `to_out`.
+#[derive(Module, Debug)]
+pub struct Attention {
+    /// Query projection.
+    pub to_q: Linear,
+    /// Key projection (from the context width for cross-attention).
+    pub to_k: Linear,
+    /// Value projection.
+    pub to_v: Linear,
+    /// Output projection.
+    pub to_out: Linear,
+    /// The number of heads.
+    pub heads: usize,
+}
+
+impl Attention {
+    /// `heads` heads over width `dim`, keys and values from width `context_dim`; q/k/v with
+    /// or without bias, the output projection always with.
+    pub fn new(
+        init: &mut SeededInit,
+        dim: usize,
+        context_dim: usize,
+        heads: usize,
+        qkv_bias: bool,
+        device: &Device,
+    ) -> Self {
+        let mut proj = |d_in: usize| {
+            if qkv_bias {
+                init.linear(d_in, dim, device)
+            } else {
+                init.linear_no_bias(d_in, dim, device)
+            }
+        };
+        let (to_q, to_k, to_v) = (proj(dim), proj(context_dim), proj(context_dim));
+        Self {
+            to_q,
+            to_k,
+            to_v,
+            to_out: init.linear(dim, dim, device),
+            heads,
+        }
+    }
+
+    /// Parameters of [`new`](Self::new).
+    pub fn num_params(dim: usize, context_dim: usize, qkv_bias: bool) -> usize {
+        let bias = if qkv_bias { dim } else { 0 };
+        dim * dim + 2 * dim * context_dim + 3 * bias + dim * dim + dim
+    }
+
+    /// Attends from `x` (`[B, N, C]`) to `context` (`[B, L, C_ctx]`, or `x` itself).
+    pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
+        let [b, n, c] = x.dims();
+        let context = context.unwrap_or_else(|| x.clone());
+        let [_, l, _] = context.dims();
+        let d = c / self.heads;
+        let split = |t: Tensor<3>, len: usize| t.reshape([b, len, self.heads, d]).swap_dims(1, 2);
+        let q = split(self.to_q.forward(x), n);
+        let k = split(self.to_k.forward(context.clone()), l);
+        let v = split(self.to_v.forward(context), l);
+        let o = attention(q, k, v, None, None, AttentionModuleOptions::default());
+        self.to_out.forward(o.swap_dims(1, 2).reshape([b, n, c]))
+    }
+}
+
+/// Residual self-attention over the positions of a feature map: x + Attn(GN(x)).
+#[derive(Module, Debug)]
+pub struct SpatialSelfAttention {
+    /// The group norm before the attention (absent in some diffusers mid blocks).
+    pub group_norm: Option<GroupNorm>,
+    /// The attention.
+    pub attn: Attention,
+}
+
+impl SpatialSelfAttention {
+    /// `x` `[B, C, H, W]` → the same shape.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, h, w] = x.dims();
+        let normed = match &self.group_norm {
+            Some(norm) => norm.forward(x.clone()),
+            None => x.clone(),
+        };
+        let out = self.attn.forward(to_tokens(normed), None);
+        from_tokens(out, h, w) + x
+    }
+}
