@@ -332,6 +332,21 @@ impl DiT {
             .reshape([n, self.shape.hidden])
     }
 
+    /// The input's height and width.
+    pub fn sample_size(&self) -> usize {
+        self.shape.grid * self.shape.patch
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        self.patch_embed.weight.dims()[1]
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.shape.out_channels
+    }
+
     /// The null-class label of classifier-free guidance.
     pub fn null_class(&self) -> usize {
         self.shape.num_classes

@@ -1,11 +1,13 @@
 //! # diffusion-backbones
 //!
 //! Denoising networks. Each takes a batch of noisy inputs and one conditioning scalar per
-//! sample (a timestep, or c_noise(σ)) and returns a prediction of the same shape; the
-//! `diffusion-samplers` wrappers turn it into a denoiser.
+//! sample (a timestep, or c_noise(σ)), optionally a class or a context, and returns a
+//! prediction of the same shape: the [`Backbone`] trait. The `diffusion-samplers` wrappers turn
+//! it into a denoiser.
 //!
 //! - [`mlp`]: a residual MLP for low-dimensional data;
 //! - [`dit`]: the diffusion transformer (adaLN-Zero, class labels with a null class);
+//! - [`checkpoint`]: our model folders (architecture + burnpack or safetensors weights);
 //! - [`diffusers`]: diffusers model folders (config and safetensors weights) loaded into them;
 //! - [`unet`]: the DDPM / ADM U-Net and the cross-attention U-Net of latent diffusion, built
 //!   from [`resnet`] blocks, [`attention`] and [`transformer`] layers;
@@ -13,6 +15,8 @@
 //! - [`init`]: reproducible, backend-independent parameter initialisation.
 
 pub mod attention;
+pub mod backbone;
+pub mod checkpoint;
 pub mod diffusers;
 pub mod dit;
 pub mod embedding;
@@ -23,7 +27,9 @@ pub mod resnet;
 pub mod transformer;
 pub mod unet;
 
+pub use backbone::{Backbone, Conditioning};
+pub use checkpoint::{LoadedModel, Model, ModelConfig, WeightFormat, load_folder, save_folder};
 pub use dit::{DiT, DiTConfig, DiTSize};
 pub use init::SeededInit;
 pub use mlp::{Mlp, MlpConfig};
-pub use unet::{Conditioning, UNet, UNetConfig};
+pub use unet::{UNet, UNetConfig};

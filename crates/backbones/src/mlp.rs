@@ -141,6 +141,11 @@ fn layer_norm(width: usize, device: &Device) -> LayerNorm {
 }
 
 impl Mlp {
+    /// The dimension of the data.
+    pub fn data_dim(&self) -> usize {
+        self.input.weight.dims()[0]
+    }
+
     /// The embedding of the conditioning scalars, `[n, hidden]`.
     fn embed(&self, t: Tensor<1>) -> Tensor<2> {
         let options = SinusoidalOptions {

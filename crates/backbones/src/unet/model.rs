@@ -10,6 +10,7 @@ use burn::tensor::{Device, Int, Tensor};
 
 use super::config::{DownBlockKind, Resampling, UNetConfig, UpBlockKind};
 use crate::attention::{Attention, SpatialSelfAttention};
+pub use crate::backbone::Conditioning;
 use crate::embedding::{SinusoidalOptions, sinusoidal_embedding};
 use crate::init::SeededInit;
 use crate::ops::{group_norm, upsample_nearest2x};
@@ -122,15 +123,8 @@ pub struct UNet {
     embedding: SinusoidalOptions,
     #[module(skip)]
     embed_dim: usize,
-}
-
-/// Optional conditioning of a backbone beyond the noise level.
-#[derive(Clone, Debug, Default)]
-pub struct Conditioning {
-    /// Class labels, `[B]` (the null class for unconditional rows under guidance).
-    pub class_labels: Option<Tensor<1, Int>>,
-    /// A context sequence for cross-attention, `[B, L, C_ctx]`.
-    pub context: Option<Tensor<3>>,
+    #[module(skip)]
+    sample: usize,
 }
 
 const PAD1: PaddingConfig2d = PaddingConfig2d::Explicit(1, 1, 1, 1);
@@ -317,6 +311,7 @@ impl UNetConfig {
                 ..SinusoidalOptions::default()
             },
             embed_dim: c0,
+            sample: self.sample_size,
         }
     }
 }
@@ -327,6 +322,21 @@ impl UNetConfig {
 pub struct InputError(pub String);
 
 impl UNet {
+    /// The input's height and width.
+    pub fn sample_size(&self) -> usize {
+        self.sample
+    }
+
+    /// Input channels.
+    pub fn in_channels(&self) -> usize {
+        self.conv_in.weight.dims()[1]
+    }
+
+    /// Output channels.
+    pub fn out_channels(&self) -> usize {
+        self.conv_out.weight.dims()[0]
+    }
+
     /// The conditioning vector: the MLP of the timestep embedding plus the class embedding.
     pub fn embed(&self, t: Tensor<1>, class_labels: Option<&Tensor<1, Int>>) -> Tensor<2> {
         let sin = sinusoidal_embedding(t, self.embed_dim, &self.embedding);
