@@ -297,3 +297,59 @@ fn our_checkpoints_round_trip_in_both_formats() {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[test]
+fn named_presets_have_the_published_counts() {
+    use diffusion_backbones::{ModelConfig, PRESET_NAMES, preset};
+    let count = |name: &str| match preset(name).unwrap() {
+        ModelConfig::Unet(c) => c.num_params(),
+        ModelConfig::Dit(c) => c.original_param_count(),
+        ModelConfig::Mlp(_) => unreachable!(),
+    };
+    for (name, want) in [
+        ("ddpm-cifar10", 35_746_307),
+        ("ddpm-256", 113_673_219),
+        ("adm-cifar10", 52_546_438),
+        ("adm-imagenet64", 295_904_454),
+        ("adm-imagenet128", 421_529_606),
+        ("adm-imagenet256", 553_838_086),
+        ("dit-s-2", 32_963_360),
+        ("DiT-S/8", 33_148_160),
+        ("dit-b-2", 130_512_416),
+        ("dit-l-4", 458_053_760),
+        ("dit-xl-2", 675_129_632),
+        ("dit-xl-8", 675_683_072),
+    ] {
+        assert_eq!(count(name), want, "{name}");
+    }
+    for name in PRESET_NAMES {
+        assert!(preset(name).is_ok(), "{name}");
+    }
+    assert!(
+        preset("dit-xxl-2")
+            .unwrap_err()
+            .to_string()
+            .contains("ddpm-cifar10")
+    );
+}
+
+#[test]
+fn the_ddpm_cifar10_preset_builds_with_its_count() {
+    use burn::module::Module;
+    use diffusion_backbones::{ModelConfig, preset};
+    if diffusion_tests::is_slow_backend() {
+        return; // 36 M parameters drawn on the host and uploaded: quick on flex only
+    }
+    let ModelConfig::Unet(config) = preset("ddpm-cifar10").unwrap() else {
+        unreachable!()
+    };
+    let device = device();
+    let unet = config.init(&device);
+    assert_eq!(unet.num_params(), 35_746_307);
+    let x = Tensor::<4>::zeros([1, 3, 32, 32], (&device, DType::F32));
+    let t = Tensor::<1>::from_data(TensorData::new(vec![10.0f32], [1]), (&device, DType::F32));
+    assert_eq!(
+        unet.forward(x, t, &Conditioning::default()).dims(),
+        [1, 3, 32, 32]
+    );
+}

@@ -7,6 +7,7 @@
 //!
 //! - [`mlp`]: a residual MLP for low-dimensional data;
 //! - [`dit`]: the diffusion transformer (adaLN-Zero, class labels with a null class);
+//! - [`presets`]: the published architectures by name, with exact parameter counts;
 //! - [`checkpoint`]: our model folders (architecture + burnpack or safetensors weights);
 //! - [`diffusers`]: diffusers model folders (config and safetensors weights) loaded into them;
 //! - [`unet`]: the DDPM / ADM U-Net and the cross-attention U-Net of latent diffusion, built
@@ -23,6 +24,7 @@ pub mod embedding;
 pub mod init;
 pub mod mlp;
 pub mod ops;
+pub mod presets;
 pub mod resnet;
 pub mod transformer;
 pub mod unet;
@@ -32,4 +34,5 @@ pub use checkpoint::{LoadedModel, Model, ModelConfig, WeightFormat, load_folder,
 pub use dit::{DiT, DiTConfig, DiTSize};
 pub use init::SeededInit;
 pub use mlp::{Mlp, MlpConfig};
+pub use presets::{PRESET_NAMES, preset};
 pub use unet::{UNet, UNetConfig};
