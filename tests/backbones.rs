@@ -179,7 +179,7 @@ fn weights_that_do_not_fit_are_named() {
 #[test]
 fn ddim_through_our_samplers_matches_diffusers_pipeline() {
     use diffusion_backbones::{Backbone, Model, load_folder};
-    use diffusion_samplers::{DiffusersScheduler, DiscreteModel, ModelForm, Sampler, StepOptions};
+    use diffusion_samplers::{DiffusersScheduler, DiscreteModel, ModelForm, StepOptions};
     let device = device();
     let loaded = load_folder(&folder("unet_ddpm"), &device).unwrap();
     let Model::Unet(unet) = &loaded.model else {

@@ -251,7 +251,20 @@ impl ScoreModel for MlpScore<'_> {
 #[test]
 fn mlp_forward_jvp_is_the_directional_derivative() {
     let device = device();
-    let mlp = MlpConfig::new(3).with_hidden(32).with_blocks(2).init(&device);
+    for fourier in [0, 8] {
+        check_jvp(&device, fourier);
+    }
+}
+
+fn check_jvp(device: &burn::tensor::Device, fourier: usize) {
+    let device = device.clone();
+    let mlp = MlpConfig::new(3)
+        .with_hidden(32)
+        .with_blocks(2)
+        .with_fourier_features(fourier)
+        .with_fourier_scale(0.5)
+        .init(&device);
+    assert_eq!(mlp.data_dim(), 3);
     let n = 5;
     let x = SampleNoise::range(41, 0..n as u64).normal_tensor(n, 3, &device, DType::F32);
     let v = SampleNoise::range(42, 0..n as u64).normal_tensor(n, 3, &device, DType::F32);

@@ -2,7 +2,9 @@
 //!
 //! x ↦ Linear → [residual block]ᴮ → LayerNorm → SiLU → Linear, where each block adds the
 //! projected time embedding: h + W₂ SiLU(W₁ LN(h) + U e(t)), and e(t) is an MLP of the
-//! sinusoidal embedding of the noise-conditioning scalar t.
+//! sinusoidal embedding of the noise-conditioning scalar t. Optionally the input is first
+//! lifted by random Fourier features (Tancik et al. 2020): γ(x) = [x, sin(2π B x),
+//! cos(2π B x)] with a fixed B ~ N(0, σ²) of m rows, which helps MLPs fit fine detail.
 //!
 //! [`Mlp::forward_jvp`] also returns the Jacobian-vector product ∂f/∂x · v by forward-mode
 //! differentiation written in tensor operations, so that objectives needing input
@@ -38,6 +40,12 @@ pub struct MlpConfig {
     /// The seed of the initial parameters (see [`SeededInit`]).
     #[config(default = 0)]
     pub seed: u64,
+    /// Random Fourier features of the input: m frequencies (0: none).
+    #[config(default = 0)]
+    pub fourier_features: usize,
+    /// The scale σ of the Fourier frequencies.
+    #[config(default = 1.0)]
+    pub fourier_scale: f64,
 }
 
 /// One residual block: h + W₂ SiLU(W₁ LN(h) + U e).
@@ -97,6 +105,8 @@ fn layer_norm_jvp(norm: &LayerNorm, h: Tensor<2>, dh: Tensor<2>) -> (Tensor<2>, 
 #[derive(Module, Debug)]
 pub struct Mlp {
     input: Linear,
+    #[module(skip)]
+    fourier: FourierFeatures,
     time1: Linear,
     time2: Linear,
     blocks: Vec<MlpBlock>,
@@ -113,9 +123,16 @@ impl MlpConfig {
         let h = self.hidden;
         let e = self.time_embed_dim;
         let mut init = SeededInit::new(self.seed);
+        let mut init_fourier = SeededInit::new(self.seed ^ 0xf0c1_e500);
         let mut linear = |a, b| init.linear(a, b, device);
         Mlp {
-            input: linear(self.data_dim, h),
+            fourier: FourierFeatures::new(
+                &mut init_fourier,
+                self.data_dim,
+                self.fourier_features,
+                self.fourier_scale,
+            ),
+            input: linear(self.data_dim + 2 * self.fourier_features, h),
             time1: linear(e, h),
             time2: linear(h, h),
             blocks: (0..self.blocks)
@@ -134,6 +151,57 @@ impl MlpConfig {
     }
 }
 
+/// Fixed random Fourier features γ(x) = [x, sin(2π B x), cos(2π B x)].
+#[derive(Clone, Debug, Default)]
+struct FourierFeatures {
+    /// B, row-major `[count, dim]`.
+    b: Vec<f32>,
+    count: usize,
+    dim: usize,
+}
+
+impl FourierFeatures {
+    fn new(init: &mut SeededInit, dim: usize, count: usize, scale: f64) -> Self {
+        let b = init
+            .normal(count * dim)
+            .into_iter()
+            .map(|v| v * scale as f32)
+            .collect();
+        Self { b, count, dim }
+    }
+
+    /// 2π Bᵀ as a `[dim, count]` tensor like `x`.
+    fn matrix(&self, x: &Tensor<2>) -> Tensor<2> {
+        let two_pi = std::f64::consts::TAU;
+        let values: Vec<f64> = (0..self.dim)
+            .flat_map(|i| (0..self.count).map(move |k| (i, k)))
+            .map(|(i, k)| two_pi * self.b[k * self.dim + i] as f64)
+            .collect();
+        diffusion_core::tensor::from_f64_like(values, [self.dim, self.count], x)
+    }
+
+    fn lift(&self, x: Tensor<2>) -> Tensor<2> {
+        if self.count == 0 {
+            return x;
+        }
+        let arg = x.clone().matmul(self.matrix(&x));
+        Tensor::cat(vec![x, arg.clone().sin(), arg.cos()], 1)
+    }
+
+    /// (γ(x), γ'(x) v).
+    fn lift_jvp(&self, x: Tensor<2>, v: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
+        if self.count == 0 {
+            return (x, v);
+        }
+        let m = self.matrix(&x);
+        let arg = x.clone().matmul(m.clone());
+        let darg = v.clone().matmul(m);
+        let (sin, cos) = (arg.clone().sin(), arg.cos());
+        let tangent = Tensor::cat(vec![v, cos.clone() * darg.clone(), sin.clone().neg() * darg], 1);
+        (Tensor::cat(vec![x, sin, cos], 1), tangent)
+    }
+}
+
 fn layer_norm(width: usize, device: &Device) -> LayerNorm {
     LayerNormConfig::new(width)
         .with_epsilon(LAYER_NORM_EPS)
@@ -143,7 +211,7 @@ fn layer_norm(width: usize, device: &Device) -> LayerNorm {
 impl Mlp {
     /// The dimension of the data.
     pub fn data_dim(&self) -> usize {
-        self.input.weight.dims()[0]
+        self.input.weight.dims()[0] - 2 * self.fourier.count
     }
 
     /// The embedding of the conditioning scalars, `[n, hidden]`.
@@ -159,7 +227,7 @@ impl Mlp {
     /// The output for inputs `x` (`[n, data_dim]`) at conditioning scalars `t` (`[n]`).
     pub fn forward(&self, x: Tensor<2>, t: Tensor<1>) -> Tensor<2> {
         let emb = self.embed(t);
-        let mut h = self.input.forward(x);
+        let mut h = self.input.forward(self.fourier.lift(x));
         for block in &self.blocks {
             h = block.forward(h, emb.clone());
         }
@@ -171,6 +239,7 @@ impl Mlp {
     /// differentiable in the parameters by reverse mode.
     pub fn forward_jvp(&self, x: Tensor<2>, t: Tensor<1>, v: Tensor<2>) -> (Tensor<2>, Tensor<2>) {
         let emb = self.embed(t);
+        let (x, v) = self.fourier.lift_jvp(x, v);
         let mut h = self.input.forward(x);
         let mut dh = linear_jvp(&self.input, v);
         for block in &self.blocks {
