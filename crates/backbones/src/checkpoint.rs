@@ -40,6 +40,8 @@ impl ModelConfig {
 }
 
 /// Any of our networks.
+// Networks are held once and moved rarely; boxing the variants would only add indirection.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Model {
     /// A residual MLP.
