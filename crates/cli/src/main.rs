@@ -47,10 +47,20 @@ struct Cli {
 enum Command {
     /// Print a schedule: a diffusers scheduler's tables and grid, or a σ grid.
     Schedule(ScheduleArgs),
-    /// Sample from the Gaussian-mixture oracle with any sampler or diffusers scheduler.
+    /// Sample from the Gaussian-mixture oracle or a model folder with any sampler or diffusers
+    /// scheduler.
     Sample(Box<SampleArgs>),
+    /// Print a model's architecture and exact parameter count: a preset name, a model folder
+    /// (ours or diffusers') or a diffusers config.json.
+    ModelInfo(ModelInfoArgs),
     /// Exact log-likelihoods of data under the oracle's probability-flow ODE.
     Likelihood(LikelihoodArgs),
+}
+
+#[derive(Args)]
+struct ModelInfoArgs {
+    /// A preset (ddpm-cifar10, adm-imagenet64, dit-xl-2, …), a model folder or a config.json.
+    model: String,
 }
 
 #[derive(Args)]
@@ -125,20 +135,38 @@ struct ScheduleArgs {
 }
 
 #[derive(Args)]
-struct SampleArgs {
+pub(crate) struct SampleArgs {
     /// The oracle: {"weights": [...], "means": [[...], ...], "stds": [...]}.
+    #[arg(long, required_unless_present = "model", conflicts_with = "model")]
+    oracle: Option<PathBuf>,
+    /// A model folder: ours (model.json + weights), a diffusers model folder (config.json +
+    /// diffusion_pytorch_model.safetensors) or a diffusers pipeline folder (unet/ or
+    /// transformer/, and scheduler/scheduler_config.json, which is then used by default).
     #[arg(long)]
-    oracle: PathBuf,
-    /// Standard normal noise [n, d] (.npy, f32 or f64). It is scaled by the sampler's initial
-    /// noise level here: σ_max for σ grids, diffusers' init_noise_sigma for its schedulers.
-    #[arg(long)]
-    init_noise: PathBuf,
-    /// Where to write the samples [n, d] (.npy, in --dtype).
+    model: Option<PathBuf>,
+    /// Standard normal noise [n, features] (.npy, f32 or f64). It is scaled by the sampler's
+    /// initial noise level here: σ_max for σ grids, diffusers' init_noise_sigma for its
+    /// schedulers. With --model, --num-samples draws it from --seed instead.
+    #[arg(long, required_unless_present = "num_samples")]
+    init_noise: Option<PathBuf>,
+    /// Draw this many samples' noise from --seed (per-sample streams).
+    #[arg(long, conflicts_with = "init_noise")]
+    num_samples: Option<usize>,
+    /// Where to write the samples [n, features] (.npy, in --dtype).
     #[arg(long)]
     out: PathBuf,
-    /// Precision: f32 or f64.
-    #[arg(long, default_value = "f64")]
-    dtype: Precision,
+    /// Also write the samples as a PNG grid (image models).
+    #[arg(long)]
+    grid: Option<PathBuf>,
+    /// The class of every sample (class-conditional models; DiT defaults to its null class).
+    #[arg(long)]
+    class_label: Option<i64>,
+    /// What a model folder's network predicts when no scheduler config says: epsilon, v or sample.
+    #[arg(long)]
+    prediction: Option<String>,
+    /// Precision: f32 or f64 (default f64 for the oracle, f32 for models, which run in f32).
+    #[arg(long)]
+    dtype: Option<Precision>,
     /// Backend: flex, ndarray, wgpu, cuda (optionally with `:index`), as compiled in.
     #[arg(long, default_value = "flex")]
     backend: DeviceSpec,
@@ -235,6 +263,8 @@ struct SampleArgs {
     oracle_form: Option<String>,
 }
 
+mod model_sample;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -248,6 +278,7 @@ fn main() -> ExitCode {
         Command::Schedule(args) => schedule(&args),
         Command::Sample(args) => sample(&args),
         Command::Likelihood(args) => likelihood(&args),
+        Command::ModelInfo(args) => model_sample::model_info(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -313,18 +344,42 @@ fn schedule(args: &ScheduleArgs) -> Result<()> {
 }
 
 fn sample(args: &SampleArgs) -> Result<()> {
-    let oracle = GaussianMixture::from_json(&args.oracle).map_err(|e| CliError::Input(e.to_string()))?;
-    let z = NpyArray::read(&args.init_noise)?;
+    if let Some(dir) = &args.model {
+        return model_sample::sample(args, dir);
+    }
+    for (flag, set) in [
+        ("--grid", args.grid.is_some()),
+        ("--class-label", args.class_label.is_some()),
+        ("--prediction", args.prediction.is_some()),
+        ("--num-samples", args.num_samples.is_some()),
+    ] {
+        if set {
+            return Err(CliError::Usage(format!(
+                "{flag} applies to --model, not to --oracle"
+            )));
+        }
+    }
+    let oracle_path = args
+        .oracle
+        .as_ref()
+        .expect("clap requires --oracle without --model");
+    let init_noise = args
+        .init_noise
+        .as_ref()
+        .ok_or_else(|| CliError::Usage("--oracle needs --init-noise".into()))?;
+    let oracle = GaussianMixture::from_json(oracle_path).map_err(|e| CliError::Input(e.to_string()))?;
+    let z = NpyArray::read(init_noise)?;
     if z.shape.len() != 2 || z.shape[1] != oracle.dim() {
         return Err(CliError::Input(format!(
             "{}: expected shape [n, {}] (the oracle's dimension), got {:?}",
-            args.init_noise.display(),
+            init_noise.display(),
             oracle.dim(),
             z.shape
         )));
     }
-    let device = args.backend.open_with(args.dtype)?;
-    let dtype = args.dtype.dtype();
+    let precision = args.dtype.unwrap_or(Precision::F64);
+    let device = args.backend.open_with(precision)?;
+    let dtype = precision.dtype();
     let n = z.shape[0];
     let x = z.to_tensor::<2>(&device, Some(dtype))?;
     let mut noise = SampleNoise::range(args.seed, 0..n as u64);
@@ -394,39 +449,7 @@ fn sample(args: &SampleArgs) -> Result<()> {
             (out.x, out.nfe, scheduler.class().name().to_string())
         }
         (None, Some(name)) => {
-            let churn = args.s_churn.map(|s_churn| Churn {
-                s_churn,
-                s_tmin: args.s_tmin.unwrap_or(0.0),
-                s_tmax: args.s_tmax.unwrap_or(f64::INFINITY),
-                s_noise: args.s_noise.unwrap_or(1.0),
-            });
-            if args.lms_order.is_some() {
-                return Err(CliError::Usage(
-                    "--lms-order applies to a diffusers LMS scheduler; use --order".into(),
-                ));
-            }
-            let options = SamplerOptions {
-                sigmas: args.sigmas.clone(),
-                steps: args.steps,
-                nfe: args.nfe,
-                sigma_min: args.sigma_min,
-                sigma_max: args.sigma_max,
-                rtol: args.rtol,
-                atol: args.atol,
-                eta: args.eta,
-                order: args.order,
-                solver_type: args.solver_type.clone(),
-                churn,
-                shift: args.shift,
-                spacing: args.spacing.clone(),
-                form,
-                sde: args.sde.clone(),
-                predictor: args.predictor.clone(),
-                corrector: args.corrector.clone(),
-                snr: args.snr,
-                corrector_steps: args.corrector_steps,
-                step_lr: args.step_lr,
-            };
+            let options = sampler_options(args, form)?;
             let built = options.build(name)?;
             let schedule = default_vp_schedule();
             let form = built.implied_form.or(form).unwrap_or(OracleForm::Ve);
@@ -450,8 +473,45 @@ fn sample(args: &SampleArgs) -> Result<()> {
     finish(&x, nfe, &label, n, &args.out)
 }
 
+/// The named-sampler options of the command line.
+pub(crate) fn sampler_options(args: &SampleArgs, form: Option<OracleForm>) -> Result<SamplerOptions> {
+    let churn = args.s_churn.map(|s_churn| Churn {
+        s_churn,
+        s_tmin: args.s_tmin.unwrap_or(0.0),
+        s_tmax: args.s_tmax.unwrap_or(f64::INFINITY),
+        s_noise: args.s_noise.unwrap_or(1.0),
+    });
+    if args.lms_order.is_some() {
+        return Err(CliError::Usage(
+            "--lms-order applies to a diffusers LMS scheduler; use --order".into(),
+        ));
+    }
+    Ok(SamplerOptions {
+        sigmas: args.sigmas.clone(),
+        steps: args.steps,
+        nfe: args.nfe,
+        sigma_min: args.sigma_min,
+        sigma_max: args.sigma_max,
+        rtol: args.rtol,
+        atol: args.atol,
+        eta: args.eta,
+        order: args.order,
+        solver_type: args.solver_type.clone(),
+        churn,
+        shift: args.shift,
+        spacing: args.spacing.clone(),
+        form,
+        sde: args.sde.clone(),
+        predictor: args.predictor.clone(),
+        corrector: args.corrector.clone(),
+        snr: args.snr,
+        corrector_steps: args.corrector_steps,
+        step_lr: args.step_lr,
+    })
+}
+
 /// Writes the samples unless any is not finite.
-fn finish(x: &Tensor<2>, nfe: usize, label: &str, n: usize, out: &Path) -> Result<()> {
+pub(crate) fn finish(x: &Tensor<2>, nfe: usize, label: &str, n: usize, out: &Path) -> Result<()> {
     let array = NpyArray::from_tensor(x);
     if array.to_f64().iter().any(|v| !v.is_finite()) {
         return Err(CliError::Input(format!(

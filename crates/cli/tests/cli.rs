@@ -556,3 +556,134 @@ fn likelihood_matches_score_sde_and_its_estimators_agree() {
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("expected shape [n, 2]"));
 }
+
+#[test]
+fn model_info_prints_exact_parameter_counts() {
+    for (model, count) in [
+        ("ddpm-cifar10", "35,746,307"),
+        ("adm-imagenet64", "295,904,454"),
+        ("dit-xl-2", "675,129,632"),
+    ] {
+        let r = run(&["model-info", model]);
+        assert!(
+            r.status.success(),
+            "{model}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert!(out.contains(count), "{model}: {out}");
+    }
+    let folder = fixtures().join("backbones/unet_adm");
+    let r = run(&["model-info", folder.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("829,638"));
+    let r = run(&["model-info", "unet-9000"]);
+    assert_eq!(r.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("unknown preset"));
+}
+
+#[test]
+fn sampling_a_diffusers_model_folder_matches_the_pipeline() {
+    let dir = Dir::new("model");
+    let fx = fixture("backbones/ddim_pipeline.json");
+    let config = dir.path("scheduler_config.json");
+    std::fs::write(&config, fx["scheduler_config"].to_string()).unwrap();
+    // The pipeline's initial noise, from its safetensors (F32, [2, 3, 16, 16]).
+    let bytes = std::fs::read(fixtures().join("backbones/ddim_pipeline.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let read = |name: &str| -> Vec<f64> {
+        let o = header[name]["data_offsets"].as_array().unwrap();
+        let (a, b) = (o[0].as_u64().unwrap() as usize, o[1].as_u64().unwrap() as usize);
+        bytes[8 + n + a..8 + n + b]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+            .collect()
+    };
+    let noise = dir.path("noise.npy");
+    NpyArray::from_f64(vec![2, 3, 16, 16], read("init_noise"))
+        .unwrap()
+        .write(&noise)
+        .unwrap();
+    let (out, grid) = (dir.path("x.npy"), dir.path("grid.png"));
+    let model = fixtures().join("backbones/unet_ddpm");
+    let r = run(&[
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "--scheduler-config",
+        &config,
+        "--steps",
+        "10",
+        "--init-noise",
+        &noise,
+        "--out",
+        &out,
+        "--grid",
+        &grid,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let x = NpyArray::read(&out).unwrap().to_f64();
+    let want = read("x_final");
+    let err = x
+        .iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        err < 1e-3,
+        "DDIM through the command line differs from diffusers by {err}"
+    );
+    assert!(
+        std::fs::metadata(&grid).unwrap().len() > 100,
+        "the PNG grid is written"
+    );
+    // A named sampler on the same model, and the errors of bad combinations.
+    let r = run(&[
+        "sample",
+        "--model",
+        model.to_str().unwrap(),
+        "--sampler",
+        "dpmpp-2m",
+        "--steps",
+        "5",
+        "--num-samples",
+        "3",
+        "--out",
+        &out,
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(NpyArray::read(&out).unwrap().shape, vec![3, 768]);
+    for (extra, message) in [
+        (
+            vec!["--dtype", "f64", "--sampler", "ddim", "--num-samples", "2"],
+            "models run in f32",
+        ),
+        (
+            vec!["--num-samples", "2"],
+            "give --sampler NAME or --scheduler-config FILE",
+        ),
+        (
+            vec![
+                "--sampler",
+                "ddim",
+                "--num-samples",
+                "2",
+                "--prediction",
+                "banana",
+            ],
+            "--prediction",
+        ),
+    ] {
+        let never = dir.path("never.npy");
+        let mut args = vec!["sample", "--model", model.to_str().unwrap(), "--out", &never];
+        args.extend(extra.iter().copied());
+        let r = run(&args);
+        assert_eq!(r.status.code(), Some(2), "{extra:?}");
+        assert!(
+            String::from_utf8_lossy(&r.stderr).contains(message),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        assert!(!Path::new(&never).exists());
+    }
+}
