@@ -1,5 +1,5 @@
 //! The diffusion transformer DiT (Peebles & Xie 2023): patchify, fixed 2-D sin-cos position
-//! embedding, transformer blocks with adaLN-Zero conditioning on c = MLP(sin(t)) + E[y],
+//! embedding, transformer blocks with adaLN-Zero conditioning on c = MLP(sin(t)) + E(y),
 //! a modulated final layer and unpatchify; class labels with a null class for
 //! classifier-free guidance, and optional learned-variance output channels.
 //!
@@ -225,7 +225,7 @@ pub struct TimestepMlp {
     pub linear_2: Linear,
 }
 
-/// c = MLP(sin(t)) + E[y].
+/// c = MLP(sin(t)) + E(y).
 #[derive(Module, Debug)]
 pub struct ConditionEmbedder {
     /// The timestep MLP.
@@ -315,7 +315,7 @@ pub fn sincos_position_table(grid: usize, dim: usize) -> Vec<f32> {
 }
 
 impl DiT {
-    /// c = MLP(sin(t)) + E[y] of embedder `k`.
+    /// c = MLP(sin(t)) + E(y) of embedder `k`.
     fn condition(&self, k: usize, t: &Tensor<1>, labels: &Tensor<1, Int>) -> Tensor<2> {
         let e = &self.embedders[k];
         let options = SinusoidalOptions {

@@ -327,6 +327,48 @@ pub fn tick_label(v: f64) -> String {
     }
 }
 
+/// Writes `n` images (`[n, channels, height, width]` row-major, values in [−1, 1]) as one PNG
+/// grid of `columns` columns with a 2-pixel gap: 3 channels as RGB, 1 as grey, others as the
+/// grey of their first channel.
+pub fn image_grid(
+    path: &Path,
+    images: &[f64],
+    [n, channels, height, width]: [usize; 4],
+    columns: usize,
+) -> Result<()> {
+    if images.len() != n * channels * height * width || n == 0 || columns == 0 {
+        return Err(err(
+            path,
+            format!(
+                "{} values do not make {n} images of {channels}×{height}×{width}",
+                images.len()
+            ),
+        ));
+    }
+    let gap = 2;
+    let rows = n.div_ceil(columns);
+    let (gw, gh) = (columns * (width + gap) - gap, rows * (height + gap) - gap);
+    let mut canvas = image::RgbImage::from_pixel(gw as u32, gh as u32, image::Rgb([255, 255, 255]));
+    let byte = |v: f64| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
+    for k in 0..n {
+        let (ox, oy) = ((k % columns) * (width + gap), (k / columns) * (height + gap));
+        let img = &images[k * channels * height * width..(k + 1) * channels * height * width];
+        for y in 0..height {
+            for x in 0..width {
+                let at = |c: usize| img[(c * height + y) * width + x];
+                let rgb = if channels == 3 {
+                    [byte(at(0)), byte(at(1)), byte(at(2))]
+                } else {
+                    let g = byte(at(0));
+                    [g, g, g]
+                };
+                canvas.put_pixel((ox + x) as u32, (oy + y) as u32, image::Rgb(rgb));
+            }
+        }
+    }
+    canvas.save(path).map_err(|e| err(path, e))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -377,46 +419,4 @@ mod tests {
         assert!(std::fs::metadata(&path).unwrap().len() > 1000);
         std::fs::remove_dir_all(&dir).unwrap();
     }
-}
-
-/// Writes `n` images (`[n, channels, height, width]` row-major, values in [−1, 1]) as one PNG
-/// grid of `columns` columns with a 2-pixel gap: 3 channels as RGB, 1 as grey, others as the
-/// grey of their first channel.
-pub fn image_grid(
-    path: &Path,
-    images: &[f64],
-    [n, channels, height, width]: [usize; 4],
-    columns: usize,
-) -> Result<()> {
-    if images.len() != n * channels * height * width || n == 0 || columns == 0 {
-        return Err(err(
-            path,
-            format!(
-                "{} values do not make {n} images of {channels}×{height}×{width}",
-                images.len()
-            ),
-        ));
-    }
-    let gap = 2;
-    let rows = n.div_ceil(columns);
-    let (gw, gh) = (columns * (width + gap) - gap, rows * (height + gap) - gap);
-    let mut canvas = image::RgbImage::from_pixel(gw as u32, gh as u32, image::Rgb([255, 255, 255]));
-    let byte = |v: f64| ((v.clamp(-1.0, 1.0) + 1.0) * 127.5).round() as u8;
-    for k in 0..n {
-        let (ox, oy) = ((k % columns) * (width + gap), (k / columns) * (height + gap));
-        let img = &images[k * channels * height * width..(k + 1) * channels * height * width];
-        for y in 0..height {
-            for x in 0..width {
-                let at = |c: usize| img[(c * height + y) * width + x];
-                let rgb = if channels == 3 {
-                    [byte(at(0)), byte(at(1)), byte(at(2))]
-                } else {
-                    let g = byte(at(0));
-                    [g, g, g]
-                };
-                canvas.put_pixel((ox + x) as u32, (oy + y) as u32, image::Rgb(rgb));
-            }
-        }
-    }
-    canvas.save(path).map_err(|e| err(path, e))
 }
