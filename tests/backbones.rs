@@ -353,3 +353,72 @@ fn the_ddpm_cifar10_preset_builds_with_its_count() {
         [1, 3, 32, 32]
     );
 }
+
+#[test]
+fn dit_with_cross_attention_reads_its_context() {
+    use burn::module::Module;
+    use diffusion_backbones::{Backbone, drop_labels};
+    let device = device();
+    let config = DiTConfig {
+        input_size: 8,
+        patch_size: 2,
+        in_channels: 4,
+        out_channels: 4,
+        hidden_size: 32,
+        depth: 2,
+        num_heads: 2,
+        mlp_ratio: 4,
+        num_classes: 10,
+        class_dropout_prob: 0.1,
+        mlp_norm_eps: 1e-6,
+        time_freq_shift: 0.0,
+        per_block_conditioning: false,
+        cross_attention_dim: Some(12),
+        seed: 3,
+    };
+    let mut dit = config.init(&device);
+    assert_eq!(dit.num_params(), config.num_params());
+    // adaLN-Zero starts at the zero function; give the zero layers random weights to see the
+    // context.
+    let random = |w: Tensor<2>, seed: u64| {
+        use diffusion_core::noise::NoiseSource;
+        let [r, c] = w.dims();
+        burn::module::Param::from_tensor(
+            diffusion_core::noise::SampleNoise::range(seed, 0..r as u64)
+                .normal_tensor(r, c, &device, DType::F32)
+                .mul_scalar(0.1),
+        )
+    };
+    dit.proj_out_2.weight = random(dit.proj_out_2.weight.val(), 1);
+    dit.proj_out_1.weight = random(dit.proj_out_1.weight.val(), 2);
+    for (k, block) in dit.transformer_blocks.iter_mut().enumerate() {
+        block.modulation.weight = random(block.modulation.weight.val(), 10 + k as u64);
+    }
+    let n = 2;
+    let x = Tensor::<2>::from_data(
+        TensorData::new(vec![0.5f32; n * 256], [n, 256]),
+        (&device, DType::F32),
+    );
+    let t = Tensor::<1>::from_data(TensorData::new(vec![3.0f32, 700.0], [n]), (&device, DType::F32));
+    let ctx = |v: f32| {
+        Tensor::<3>::from_data(
+            TensorData::new(vec![v; n * 5 * 12], [n, 5, 12]),
+            (&device, DType::F32),
+        )
+    };
+    let cond = |v: f32| Conditioning {
+        class_labels: None,
+        context: Some(ctx(v)),
+    };
+    let a = to_f64(&dit.forward_flat(x.clone(), t.clone(), &cond(0.0)));
+    let b = to_f64(&dit.forward_flat(x, t, &cond(1.0)));
+    assert_eq!(a.len(), n * 256);
+    assert!(
+        max_rel_deviation(&a, &b) > 1e-4,
+        "the context must change the output"
+    );
+    assert_eq!(
+        drop_labels(&[1, 2, 3], &[0.05, 0.5, 0.01], 0.1, 10),
+        vec![10, 2, 10]
+    );
+}

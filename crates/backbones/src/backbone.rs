@@ -20,6 +20,18 @@ pub struct Conditioning {
     pub context: Option<Tensor<3>>,
 }
 
+/// Label dropout for classifier-free guidance training (Ho & Salimans 2022): each label whose
+/// uniform draw is below `prob` becomes `null_class` (a dedicated row of the class table:
+/// `num_classes` for DiT, the last class of a U-Net built with one extra class).
+pub fn drop_labels(labels: &[i64], uniforms: &[f64], prob: f64, null_class: i64) -> Vec<i64> {
+    assert_eq!(labels.len(), uniforms.len(), "one uniform per label");
+    labels
+        .iter()
+        .zip(uniforms)
+        .map(|(&y, &u)| if u < prob { null_class } else { y })
+        .collect()
+}
+
 /// A denoising network.
 pub trait Backbone {
     /// The shape of one input sample, e.g. `[3, 32, 32]` or `[2]`.
@@ -88,6 +100,11 @@ impl Backbone for DiT {
             .class_labels
             .clone()
             .unwrap_or_else(|| Tensor::<1, Int>::full([n], self.null_class() as i64, &x.device()));
-        flatten(self.forward(unflatten(x, &self.sample_shape()), noise_cond, labels))
+        flatten(self.forward_with_context(
+            unflatten(x, &self.sample_shape()),
+            noise_cond,
+            labels,
+            cond.context.clone(),
+        ))
     }
 }

@@ -304,6 +304,7 @@ fn dit_config(json: &Value) -> Result<DiTConfig, String> {
         mlp_norm_eps: f.f64_or("norm_eps", 1e-5)?,
         time_freq_shift: 1.0,
         per_block_conditioning: true,
+        cross_attention_dim: None,
         seed: 0,
     };
     config.validate().map_err(|e| e.to_string())?;

@@ -55,6 +55,10 @@ pub struct DiTConfig {
     pub time_freq_shift: f64,
     /// One conditioning embedder per block (diffusers' layout) instead of a shared one.
     pub per_block_conditioning: bool,
+    /// Cross-attention to a context sequence of this width after each block's self-attention
+    /// (PixArt-α, Chen et al. 2023: h ← h + CrossAttn(h, ctx), unmodulated).
+    #[serde(default)]
+    pub cross_attention_dim: Option<usize>,
     /// The seed of the initial parameters.
     pub seed: u64,
 }
@@ -96,6 +100,7 @@ impl DiTConfig {
             mlp_norm_eps: 1e-6,
             time_freq_shift: 0.0,
             per_block_conditioning: false,
+            cross_attention_dim: None,
             seed: 0,
         }
     }
@@ -136,8 +141,14 @@ impl DiTConfig {
         let (d, p) = (self.hidden_size, self.patch_size);
         let inner = self.mlp_ratio * d;
         let patch = self.in_channels * p * p * d + d;
-        let block =
-            Attention::num_params(d, d, true) + (d * inner + inner) + (inner * d + d) + (d * 6 * d + 6 * d);
+        let cross = self
+            .cross_attention_dim
+            .map_or(0, |c| Attention::num_params(d, c, true));
+        let block = Attention::num_params(d, d, true)
+            + cross
+            + (d * inner + inner)
+            + (inner * d + d)
+            + (d * 6 * d + 6 * d);
         let embedders = if self.per_block_conditioning {
             self.depth
         } else {
@@ -190,6 +201,9 @@ impl DiTConfig {
         let transformer_blocks = (0..self.depth)
             .map(|_| DiTBlock {
                 attn1: Attention::new(&mut init, d, d, self.num_heads, true, device),
+                attn2: self
+                    .cross_attention_dim
+                    .map(|c| Attention::new(&mut init, d, c, self.num_heads, true, device)),
                 ff: GeluMlp {
                     proj: init.linear(d, inner, device),
                     out: init.linear(inner, d, device),
@@ -248,6 +262,8 @@ pub struct GeluMlp {
 pub struct DiTBlock {
     /// Self-attention.
     pub attn1: Attention,
+    /// Cross-attention to the context, if the model has it.
+    pub attn2: Option<Attention>,
     /// The MLP.
     pub ff: GeluMlp,
     /// The modulation W: D → 6D.
@@ -371,6 +387,27 @@ impl DiT {
     /// The prediction for `x` `[B, C, H, W]` at noise conditioning `t` `[B]` and class
     /// `labels` `[B]` (the null class for unconditional rows).
     pub fn forward(&self, x: Tensor<4>, t: Tensor<1>, labels: Tensor<1, Int>) -> Tensor<4> {
+        self.forward_with_context(x, t, labels, None)
+    }
+
+    /// [`forward`](Self::forward) with a context sequence `[B, L, C_ctx]` for the
+    /// cross-attention blocks.
+    ///
+    /// # Panics
+    /// If the model has cross-attention and no context is given, or the reverse.
+    pub fn forward_with_context(
+        &self,
+        x: Tensor<4>,
+        t: Tensor<1>,
+        labels: Tensor<1, Int>,
+        context: Option<Tensor<3>>,
+    ) -> Tensor<4> {
+        let cross = self.transformer_blocks.first().is_some_and(|b| b.attn2.is_some());
+        assert_eq!(
+            cross,
+            context.is_some(),
+            "a DiT with cross-attention needs a context, and one without takes none"
+        );
         let s = self.shape;
         let (g, d, p) = (s.grid, s.hidden, s.patch);
         let tokens = self.patch_embed.forward(x);
@@ -395,6 +432,9 @@ impl DiT {
             let (shift_mlp, scale_mlp, gate_mlp) = (chunk(3), chunk(4), chunk(5));
             let n = modulate(layer_norm(h.clone(), 1e-6), shift_msa, scale_msa);
             h = h + block.attn1.forward(n, None) * gate_msa.reshape([b, 1, d]);
+            if let (Some(attn2), Some(ctx)) = (&block.attn2, &context) {
+                h = h.clone() + attn2.forward(h, Some(ctx.clone()));
+            }
             let n = modulate(layer_norm(h.clone(), s.mlp_norm_eps), shift_mlp, scale_mlp);
             let mlp = block.ff.out.forward(gelu_approximate(block.ff.proj.forward(n)));
             h = h + mlp * gate_mlp.reshape([b, 1, d]);

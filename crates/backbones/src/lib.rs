@@ -29,7 +29,7 @@ pub mod resnet;
 pub mod transformer;
 pub mod unet;
 
-pub use backbone::{Backbone, Conditioning};
+pub use backbone::{Backbone, Conditioning, drop_labels};
 pub use checkpoint::{LoadedModel, Model, ModelConfig, WeightFormat, load_folder, save_folder};
 pub use dit::{DiT, DiTConfig, DiTSize};
 pub use init::SeededInit;
