@@ -119,6 +119,21 @@ pub fn assert_close(what: &str, ours: &[f64], reference: &[f64], tol: f64) {
     );
 }
 
+/// [`assert_close`] for quantities computed by cancellation (a KL of nearly equal Gaussians, the
+/// log of a CDF that rounds to 1): the error is relative to `max(|reference|, floor)`, so values
+/// near zero are held to `tol · floor` absolutely. Their last bits depend on the platform's libm
+/// (glibc picks its `exp`/`log`/`tanh` by CPU features), which a purely relative test would
+/// amplify without bound.
+pub fn assert_close_floor(what: &str, ours: &[f64], reference: &[f64], tol: f64, floor: f64) {
+    let err = max_rel_err(ours, reference, floor);
+    assert!(
+        err <= tol,
+        "{what}: max error {err:.3e} (relative to max(|ref|, {floor:.0e})) > {tol:.1e}\n ours: {:?}\n  ref: {:?}",
+        &ours[..ours.len().min(6)],
+        &reference[..reference.len().min(6)]
+    );
+}
+
 /// The noise draws of a fixture case (a JSON list of `[n][d]` arrays), replayed in order.
 pub fn replay(v: &serde_json::Value) -> diffusion_core::noise::Replay {
     diffusion_core::noise::Replay::new(
