@@ -1,113 +1,27 @@
-//! A step-based training loop for any objective: the objective is a closure that returns
-//! the loss of step `k`, drawing its own batch from a generator seeded by (seed, k), so that
-//! a run is reproducible step by step.
+//! A step-based training loop for any objective. The objective is a closure returning the
+//! loss of (step, micro-batch), drawing its batch from streams seeded by (seed, step), so a run
+//! is reproducible step by step and resumes exactly from a checkpoint.
+//!
+//! Per step: the micro-batch losses (each divided by their count) are back-propagated and their
+//! gradients summed; a non-finite loss stops the run or skips the step; the global gradient
+//! norm is clipped if asked; AdamW steps at the scheduled learning rate; every EMA is updated.
+//! Every `log_every` steps the mean loss, the last gradient norm and the speed are reported;
+//! checkpoints and sample hooks run on their own periods.
 
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use burn::config::Config;
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::{CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint};
+use crate::config::{NanPolicy, TrainConfig};
+use crate::ema::Ema;
 use crate::error::{Result, TrainError};
-
-/// Configuration of a training run.
-#[derive(Config, Debug)]
-pub struct TrainConfig {
-    /// Number of optimiser steps.
-    #[config(default = 2000)]
-    pub steps: usize,
-    /// AdamW learning rate.
-    #[config(default = 1e-3)]
-    pub lr: f64,
-    /// AdamW decoupled weight decay.
-    #[config(default = 0.0)]
-    pub weight_decay: f64,
-    /// AdamW β₁.
-    #[config(default = 0.9)]
-    pub beta1: f64,
-    /// AdamW β₂.
-    #[config(default = 0.999)]
-    pub beta2: f64,
-    /// AdamW ε.
-    #[config(default = 1e-8)]
-    pub epsilon: f64,
-    /// Linear warm-up from 0 over this many steps.
-    #[config(default = 0)]
-    pub warmup_steps: usize,
-    /// After warm-up: `constant`, or `cosine` decay to `min_lr_ratio · lr` at the last step.
-    #[config(default = "LrDecay::Constant")]
-    pub decay: LrDecay,
-    /// The floor of the cosine decay, as a fraction of `lr`.
-    #[config(default = 0.0)]
-    pub min_lr_ratio: f64,
-    /// Log the mean loss every this many steps.
-    #[config(default = 100)]
-    pub log_every: usize,
-    /// The seed of the run (model initialisation and every batch).
-    #[config(default = 0)]
-    pub seed: u64,
-}
-
-impl TrainConfig {
-    /// Checks the values; returns a message naming the first bad one.
-    pub fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(TrainError::Config(m));
-        if self.steps == 0 {
-            return bad("steps must be at least 1".into());
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return bad(format!("lr = {} must be positive", self.lr));
-        }
-        if self.log_every == 0 {
-            return bad("log_every must be at least 1".into());
-        }
-        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
-            return bad(format!(
-                "betas ({}, {}) must lie in [0, 1)",
-                self.beta1, self.beta2
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return bad(format!("min_lr_ratio = {} must lie in [0, 1]", self.min_lr_ratio));
-        }
-        if self.weight_decay < 0.0 || self.epsilon <= 0.0 {
-            return bad("weight_decay must be >= 0 and epsilon > 0".into());
-        }
-        Ok(())
-    }
-}
-
-/// How the learning rate decays after warm-up.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LrDecay {
-    /// No decay.
-    #[default]
-    Constant,
-    /// Half a cosine period from `lr` down to `min_lr_ratio · lr` (Loshchilov & Hutter 2017).
-    Cosine,
-}
-
-impl TrainConfig {
-    /// The learning rate of step k (0-based): linear warm-up to `lr` over `warmup_steps`,
-    /// reaching `lr` at step `warmup_steps − 1`, then the decay.
-    pub fn lr_at(&self, step: usize) -> f64 {
-        if step < self.warmup_steps {
-            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
-        }
-        match self.decay {
-            LrDecay::Constant => self.lr,
-            LrDecay::Cosine => {
-                let span = (self.steps - self.warmup_steps).max(1) as f64;
-                let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
-                let floor = self.lr * self.min_lr_ratio;
-                floor + (self.lr - floor) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
-            }
-        }
-    }
-}
+use crate::grad::{accumulate, clip_grad_norm, grad_norm};
+use crate::progress::Progress;
 
 /// One line of the training log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -118,90 +32,296 @@ pub struct LogRecord {
     pub loss: f64,
     /// The learning rate.
     pub lr: f64,
-    /// Seconds since the start of the run.
+    /// Seconds since the start of the run (of this process).
     pub elapsed_s: f64,
     /// Steps per second since the previous record.
     pub steps_per_s: f64,
+    /// The global gradient norm of the last step (before clipping).
+    #[serde(default)]
+    pub grad_norm: Option<f64>,
 }
 
-/// Runs `config.steps` AdamW steps on `model`, which must live on an autodiff device.
-///
-/// `loss(model, k)` returns the scalar loss of step k (0-based). Every `log_every` steps
-/// (and at the end) the mean loss is read back, passed to `on_log` and kept in the returned
-/// log. A NaN or infinite loss stops the run with [`TrainError::NonFiniteLoss`].
-pub fn train<M: Module>(
-    mut model: M,
-    config: &TrainConfig,
-    mut loss: impl FnMut(&M, usize) -> Tensor<1>,
-    mut on_log: impl FnMut(&LogRecord),
-) -> Result<(M, Vec<LogRecord>)> {
-    config.validate()?;
-    let mut optim = AdamWConfig::new()
+/// Callbacks of a run.
+pub trait TrainHooks<M> {
+    /// A log record was written.
+    fn on_log(&mut self, _record: &LogRecord) {}
+
+    /// Every `sample_every` steps, with the first EMA (or the online weights off the tape).
+    fn on_sample(&mut self, _step: usize, _model: &M) -> std::result::Result<(), String> {
+        Ok(())
+    }
+
+    /// A checkpoint was written.
+    fn on_checkpoint(&mut self, _step: usize, _dir: &Path) {}
+}
+
+/// Hooks that do nothing.
+pub struct NoHooks;
+
+impl<M> TrainHooks<M> for NoHooks {}
+
+/// A training run: the online model, its optimiser, its EMAs and where it is.
+pub struct Trainer<M: Module> {
+    config: TrainConfig,
+    model: Option<M>,
+    optim: ModuleOptimizer,
+    emas: Vec<Ema<M>>,
+    step: usize,
+    log: Vec<LogRecord>,
+    skipped: Vec<usize>,
+    run_dir: Option<PathBuf>,
+    quiet: bool,
+}
+
+fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
+    AdamWConfig::new()
         .with_beta_1(config.beta1 as f32)
         .with_beta_2(config.beta2 as f32)
         .with_epsilon(config.epsilon as f32)
         .with_weight_decay(config.weight_decay as f32)
-        .init();
-    let start = Instant::now();
-    let mut last = (0usize, 0.0f64);
-    let mut window: Option<Tensor<1>> = None;
-    let mut log = Vec::new();
-    for step in 0..config.steps {
-        let l = loss(&model, step);
-        let grads = GradientsParams::from_grads(l.backward(), &model);
-        let detached = l.detach();
-        window = Some(match window {
-            Some(sum) => sum + detached,
-            None => detached,
-        });
-        let lr = config.lr_at(step);
-        model = optim.step(lr, model, grads);
-        let done = step + 1;
-        if done % config.log_every == 0 || done == config.steps {
-            let count = (done - last.0) as f64;
-            let sum: f64 = window.take().expect("a loss was added").into_scalar::<f64>();
-            let mean = sum / count;
-            if !mean.is_finite() {
-                return Err(TrainError::NonFiniteLoss {
-                    step: done,
-                    value: mean,
-                });
-            }
-            let elapsed = start.elapsed().as_secs_f64();
-            let record = LogRecord {
-                step: done,
-                loss: mean,
-                lr,
-                elapsed_s: elapsed,
-                steps_per_s: count / (elapsed - last.1).max(1e-9),
-            };
-            on_log(&record);
-            log.push(record);
-            last = (done, elapsed);
-        }
-    }
-    Ok((model, log))
+        .init()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn warmup_then_cosine() {
-        let c = TrainConfig::new()
-            .with_steps(110)
-            .with_lr(1.0)
-            .with_warmup_steps(10)
-            .with_decay(LrDecay::Cosine)
-            .with_min_lr_ratio(0.1);
-        assert_eq!(c.lr_at(0), 0.1);
-        assert_eq!(c.lr_at(9), 1.0);
-        assert_eq!(c.lr_at(10), 1.0);
-        assert!((c.lr_at(60) - 0.55).abs() < 1e-12);
-        assert!((c.lr_at(109) - 0.1).abs() < 1e-3);
-        assert!(c.validate().is_ok());
-        assert!(c.clone().with_min_lr_ratio(2.0).validate().is_err());
-        assert!(TrainConfig::new().with_steps(0).validate().is_err());
+impl<M: Module> Trainer<M> {
+    /// A fresh run of `model` (on an autodiff device).
+    pub fn new(model: M, config: TrainConfig) -> Result<Self> {
+        config.validate()?;
+        let emas = config
+            .emas
+            .iter()
+            .map(|spec| Ema::new(spec.name.clone(), spec.schedule, &model))
+            .collect();
+        Ok(Self {
+            optim: optimizer(&config),
+            config,
+            model: Some(model),
+            emas,
+            step: 0,
+            log: Vec::new(),
+            skipped: Vec::new(),
+            run_dir: None,
+            quiet: false,
+        })
     }
+
+    /// Writes checkpoints, `metrics.jsonl` and `loss.png` into `dir`.
+    pub fn with_run_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.run_dir = Some(dir.into());
+        self
+    }
+
+    /// No progress output (files are still written).
+    pub fn quiet(mut self, quiet: bool) -> Self {
+        self.quiet = quiet;
+        self
+    }
+
+    /// Resumes from the latest checkpoint of `run_dir` if there is one (an unreadable or
+    /// mismatched checkpoint is an error, never a silent restart), else starts afresh.
+    pub fn resume_or_new(model: M, config: TrainConfig, run_dir: impl Into<PathBuf>) -> Result<Self> {
+        let run_dir = run_dir.into();
+        let fresh = Self::new(model, config)?.with_run_dir(run_dir.clone());
+        match latest_checkpoint(&run_dir) {
+            None => Ok(fresh),
+            Some((_, dir)) => fresh.restore(&dir),
+        }
+    }
+
+    /// Replaces the state of the run by the checkpoint in `dir`.
+    pub fn restore(mut self, dir: &Path) -> Result<Self> {
+        let model = self.model.take().expect("a trainer holds its model");
+        let restored = load_checkpoint(dir, model, optimizer(&self.config), self.emas, &self.config)?;
+        self.model = Some(restored.model);
+        self.optim = restored.optim;
+        self.emas = restored.emas;
+        self.step = restored.state.step;
+        self.log = restored.state.log;
+        self.skipped = restored.state.skipped;
+        Ok(self)
+    }
+
+    /// The online model.
+    pub fn model(&self) -> &M {
+        self.model.as_ref().expect("a trainer holds its model")
+    }
+
+    /// The EMAs.
+    pub fn emas(&self) -> &[Ema<M>] {
+        &self.emas
+    }
+
+    /// Steps completed.
+    pub fn step(&self) -> usize {
+        self.step
+    }
+
+    /// The log so far.
+    pub fn log(&self) -> &[LogRecord] {
+        &self.log
+    }
+
+    /// Steps skipped for a non-finite loss.
+    pub fn skipped(&self) -> &[usize] {
+        &self.skipped
+    }
+
+    /// The online model and the EMAs.
+    pub fn into_parts(mut self) -> (M, Vec<Ema<M>>, Vec<LogRecord>) {
+        (
+            self.model.take().expect("a trainer holds its model"),
+            self.emas,
+            self.log,
+        )
+    }
+
+    /// The weights sampling uses: the first EMA, or the online weights off the tape.
+    pub fn sampling_model(&self) -> M {
+        match self.emas.first() {
+            Some(ema) => ema.model.clone(),
+            None => self.model().valid(),
+        }
+    }
+
+    /// Writes a checkpoint of the current state (needs a run folder).
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let dir = self
+            .run_dir
+            .as_ref()
+            .ok_or_else(|| TrainError::Config("checkpoints need a run folder (with_run_dir)".into()))?;
+        let state = CheckpointState {
+            step: self.step,
+            config: serde_json::to_value(&self.config).map_err(|e| TrainError::Config(e.to_string()))?,
+            log: self.log.clone(),
+            skipped: self.skipped.clone(),
+        };
+        save_checkpoint(
+            dir,
+            self.model(),
+            &self.optim,
+            &self.emas,
+            &state,
+            self.config.keep_checkpoints,
+        )
+    }
+
+    /// Runs until `config.steps` steps are done. `loss(model, step, micro)` returns the mean
+    /// loss of micro-batch `micro` of step `step` (both 0-based).
+    pub fn run(
+        &mut self,
+        mut loss: impl FnMut(&M, usize, usize) -> Tensor<1>,
+        hooks: &mut dyn TrainHooks<M>,
+    ) -> Result<()> {
+        let config = self.config.clone();
+        let progress = Progress::new(config.steps, self.step, self.run_dir.as_deref(), self.quiet);
+        progress.restart_log(&self.log);
+        let start = Instant::now();
+        let (mut window_loss, mut window_steps, mut last_time) = (0.0, 0usize, 0.0);
+        let mut last_norm = None;
+        let mut last_checkpoint: Option<PathBuf> = None;
+        while self.step < config.steps {
+            let step = self.step;
+            let lr = config.lr_at(step);
+            let model = self.model.take().expect("a trainer holds its model");
+            let mut grads = GradientsParams::new();
+            let mut step_loss = 0.0;
+            let k = config.grad_accumulation;
+            for micro in 0..k {
+                let l = loss(&model, step, micro);
+                let value: f64 = l.clone().detach().into_scalar::<f64>();
+                step_loss += value / k as f64;
+                let g = GradientsParams::from_grads(l.div_scalar(k as f64).backward(), &model);
+                accumulate(&mut grads, g, &model);
+            }
+            if !step_loss.is_finite() {
+                match config.nan_policy {
+                    NanPolicy::Stop => {
+                        self.model = Some(model);
+                        progress.finish();
+                        return Err(TrainError::NonFiniteLoss {
+                            step: step + 1,
+                            value: step_loss,
+                            last_checkpoint: last_checkpoint.or_else(|| {
+                                self.run_dir
+                                    .as_deref()
+                                    .and_then(latest_checkpoint)
+                                    .map(|(_, p)| p)
+                            }),
+                        });
+                    }
+                    NanPolicy::Skip => {
+                        progress.say(&format!("step {}: loss {step_loss}; step skipped", step + 1));
+                        self.skipped.push(step + 1);
+                        self.model = Some(model);
+                        self.step += 1;
+                        progress.tick();
+                        continue;
+                    }
+                }
+            }
+            let log_now = (step + 1).is_multiple_of(config.log_every) || step + 1 == config.steps;
+            if let Some(max) = config.grad_clip_norm {
+                last_norm = Some(clip_grad_norm(&mut grads, &model, max));
+            } else if log_now {
+                last_norm = Some(grad_norm(&mut grads, &model));
+            }
+            let model = self.optim.step(lr, model, grads);
+            for ema in &mut self.emas {
+                ema.update(&model, step);
+            }
+            self.model = Some(model);
+            self.step += 1;
+            progress.tick();
+            window_loss += step_loss;
+            window_steps += 1;
+            if log_now {
+                let elapsed = start.elapsed().as_secs_f64();
+                let record = LogRecord {
+                    step: self.step,
+                    loss: window_loss / window_steps as f64,
+                    lr,
+                    elapsed_s: elapsed,
+                    steps_per_s: window_steps as f64 / (elapsed - last_time).max(1e-9),
+                    grad_norm: last_norm,
+                };
+                self.log.push(record.clone());
+                progress.record(&record, &self.log);
+                hooks.on_log(&record);
+                (window_loss, window_steps, last_time) = (0.0, 0, elapsed);
+            }
+            if config.sample_every > 0 && self.step.is_multiple_of(config.sample_every) {
+                let m = self.sampling_model();
+                hooks
+                    .on_sample(self.step, &m)
+                    .map_err(|e| TrainError::Hook(format!("sampling at step {}: {e}", self.step)))?;
+            }
+            let periodic = config.checkpoint_every > 0 && self.step.is_multiple_of(config.checkpoint_every);
+            if self.run_dir.is_some() && (periodic || self.step == config.steps) {
+                let dir = self.save_checkpoint()?;
+                hooks.on_checkpoint(self.step, &dir);
+                last_checkpoint = Some(dir);
+            }
+        }
+        progress.finish();
+        Ok(())
+    }
+}
+
+/// Runs `config.steps` AdamW steps on `model` (on an autodiff device) without checkpoints or
+/// EMAs: `loss(model, k)` returns the loss of step k. Returns the model and the log.
+pub fn train<M: Module>(
+    model: M,
+    config: &TrainConfig,
+    mut loss: impl FnMut(&M, usize) -> Tensor<1>,
+    mut on_log: impl FnMut(&LogRecord),
+) -> Result<(M, Vec<LogRecord>)> {
+    struct Log<'a>(&'a mut dyn FnMut(&LogRecord));
+    impl<M> TrainHooks<M> for Log<'_> {
+        fn on_log(&mut self, record: &LogRecord) {
+            (self.0)(record)
+        }
+    }
+    let mut trainer = Trainer::new(model, config.clone())?.quiet(true);
+    trainer.run(|m, step, _| loss(m, step), &mut Log(&mut on_log))?;
+    let (model, _, log) = trainer.into_parts();
+    Ok((model, log))
 }

@@ -1,0 +1,107 @@
+//! Gradient bookkeeping of a step: the global L2 norm over every parameter, clipping to a
+//! maximum norm as `torch.nn.utils.clip_grad_norm_` does (one factor for all parameters), and
+//! summing the gradients of micro-batches.
+
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::Tensor;
+
+/// The parameter ids of a module.
+struct Ids(Vec<(ParamId, usize)>);
+
+impl ModuleVisitor for Ids {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push((param.id, D));
+    }
+}
+
+fn ids<M: Module>(model: &M) -> Vec<(ParamId, usize)> {
+    let mut ids = Ids(Vec::new());
+    model.visit(&mut ids);
+    ids.0
+}
+
+/// Applies `f` to the gradient of every parameter of `model` (of any rank, seen flattened).
+fn for_each_grad<M: Module>(
+    grads: &mut GradientsParams,
+    model: &M,
+    mut f: impl FnMut(Tensor<1>) -> Option<Tensor<1>>,
+) {
+    macro_rules! rank {
+        ($d:literal, $id:expr) => {{
+            if let Some(g) = grads.remove::<$d>($id) {
+                let shape = g.dims();
+                let n = shape.iter().product::<usize>();
+                match f(g.clone().reshape([n])) {
+                    Some(new) => grads.register::<$d>($id, new.reshape(shape)),
+                    None => grads.register::<$d>($id, g),
+                }
+            }
+        }};
+    }
+    for (id, rank) in ids(model) {
+        match rank {
+            1 => rank!(1, id),
+            2 => rank!(2, id),
+            3 => rank!(3, id),
+            4 => rank!(4, id),
+            5 => rank!(5, id),
+            _ => rank!(6, id),
+        }
+    }
+}
+
+/// The global L2 norm of the gradients, √(Σ_params ‖g‖²).
+pub fn grad_norm<M: Module>(grads: &mut GradientsParams, model: &M) -> f64 {
+    let mut total: Option<Tensor<1>> = None;
+    for_each_grad(grads, model, |g| {
+        let sq = g.square().sum();
+        total = Some(match total.take() {
+            Some(t) => t + sq,
+            None => sq,
+        });
+        None
+    });
+    total.map_or(0.0, |t| t.into_scalar::<f64>().sqrt())
+}
+
+/// Scales every gradient by `factor`.
+pub fn scale_grads<M: Module>(grads: &mut GradientsParams, model: &M, factor: f64) {
+    for_each_grad(grads, model, |g| Some(g.mul_scalar(factor)));
+}
+
+/// Clips the gradients to a global norm of at most `max_norm` (factor max_norm/(norm + 1e-6),
+/// as PyTorch); returns the norm before clipping.
+pub fn clip_grad_norm<M: Module>(grads: &mut GradientsParams, model: &M, max_norm: f64) -> f64 {
+    let norm = grad_norm(grads, model);
+    let factor = max_norm / (norm + 1e-6);
+    if factor < 1.0 {
+        scale_grads(grads, model, factor);
+    }
+    norm
+}
+
+/// Adds the gradients of `other` into `acc` (micro-batch accumulation).
+pub fn accumulate<M: Module>(acc: &mut GradientsParams, mut other: GradientsParams, model: &M) {
+    macro_rules! rank {
+        ($d:literal, $id:expr) => {{
+            if let Some(g) = other.remove::<$d>($id) {
+                let sum = match acc.remove::<$d>($id) {
+                    Some(a) => a + g,
+                    None => g,
+                };
+                acc.register::<$d>($id, sum);
+            }
+        }};
+    }
+    for (id, rank) in ids(model) {
+        match rank {
+            1 => rank!(1, id),
+            2 => rank!(2, id),
+            3 => rank!(3, id),
+            4 => rank!(4, id),
+            5 => rank!(5, id),
+            _ => rank!(6, id),
+        }
+    }
+}
