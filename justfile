@@ -53,6 +53,8 @@ fixtures python="python3":
     {{python}} scripts/fixtures/improved_diffusion.py
     {{python}} scripts/fixtures/score_sde.py
     {{python}} scripts/fixtures/flow.py
+    {{python}} scripts/fixtures/inception.py
+    {{python}} scripts/fixtures/fid.py
 
 # Everything CI runs.
 ci:
