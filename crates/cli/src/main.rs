@@ -55,6 +55,8 @@ enum Command {
     ModelInfo(ModelInfoArgs),
     /// Exact log-likelihoods of data under the oracle's probability-flow ODE.
     Likelihood(LikelihoodArgs),
+    /// FID (and the Inception Score) of image samples with pytorch-fid's Inception network.
+    Fid(evaluate::FidArgs),
 }
 
 #[derive(Args)]
@@ -147,11 +149,18 @@ pub(crate) struct SampleArgs {
     /// Standard normal noise [n, features] (.npy, f32 or f64). It is scaled by the sampler's
     /// initial noise level here: σ_max for σ grids, diffusers' init_noise_sigma for its
     /// schedulers. With --model, --num-samples draws it from --seed instead.
-    #[arg(long, required_unless_present = "num_samples")]
+    #[arg(long, required_unless_present_any = ["num_samples", "seeds"])]
     init_noise: Option<PathBuf>,
     /// Draw this many samples' noise from --seed (per-sample streams).
-    #[arg(long, conflicts_with = "init_noise")]
+    #[arg(long, conflicts_with_all = ["init_noise", "seeds"])]
     num_samples: Option<usize>,
+    /// Sample indices A-B (inclusive) of --seed's per-sample streams, e.g. 0-49999: every
+    /// sample's noise depends only on its index, so shards combine exactly.
+    #[arg(long, conflicts_with = "init_noise")]
+    seeds: Option<String>,
+    /// Take shard I of N (0-based) of --seeds, e.g. 3/8.
+    #[arg(long, requires = "seeds")]
+    shard: Option<String>,
     /// Where to write the samples [n, features] (.npy, in --dtype).
     #[arg(long)]
     out: PathBuf,
@@ -263,6 +272,7 @@ pub(crate) struct SampleArgs {
     oracle_form: Option<String>,
 }
 
+mod evaluate;
 mod model_sample;
 
 fn main() -> ExitCode {
@@ -279,6 +289,7 @@ fn main() -> ExitCode {
         Command::Sample(args) => sample(&args),
         Command::Likelihood(args) => likelihood(&args),
         Command::ModelInfo(args) => model_sample::model_info(&args),
+        Command::Fid(args) => evaluate::fid(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

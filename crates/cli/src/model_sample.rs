@@ -43,7 +43,12 @@ pub(crate) fn sample(args: &SampleArgs, dir: &Path) -> Result<()> {
     let LoadedModel { model, .. } = load_folder(&model_dir, &device).map_err(load_error)?;
     let shape = model.sample_shape();
     let features: usize = shape.iter().product();
-    let (x, n) = match (&args.init_noise, args.num_samples) {
+    let range = match (&args.seeds, args.num_samples) {
+        (Some(seeds), _) => Some(crate::evaluate::seed_range(seeds, args.shard.as_deref())?),
+        (None, Some(n)) if n > 0 => Some(0..n as u64),
+        _ => None,
+    };
+    let (x, n) = match (&args.init_noise, &range) {
         (Some(path), _) => {
             let z = NpyArray::read(path)?;
             let n = z.shape.first().copied().unwrap_or(0);
@@ -58,8 +63,10 @@ pub(crate) fn sample(args: &SampleArgs, dir: &Path) -> Result<()> {
             let flat = NpyArray::from_f64(vec![n, features], z.to_f64())?;
             (flat.to_tensor::<2>(&device, Some(Precision::F32.dtype()))?, n)
         }
-        (None, Some(n)) if n > 0 => {
-            let mut noise = SampleNoise::range(args.seed ^ 0x1a17, 0..n as u64);
+        (None, Some(range)) => {
+            // Sample i's initial noise and its sampler noise are streams i of two seeds.
+            let n = (range.end - range.start) as usize;
+            let mut noise = SampleNoise::range(args.seed ^ 0x1a17, range.clone());
             (
                 noise.normal_tensor(n, features, &device, Precision::F32.dtype()),
                 n,
@@ -67,7 +74,7 @@ pub(crate) fn sample(args: &SampleArgs, dir: &Path) -> Result<()> {
         }
         _ => {
             return Err(CliError::Usage(
-                "give --init-noise FILE or --num-samples N (> 0)".into(),
+                "give --init-noise FILE, --num-samples N (> 0) or --seeds A-B".into(),
             ));
         }
     };
@@ -77,7 +84,7 @@ pub(crate) fn sample(args: &SampleArgs, dir: &Path) -> Result<()> {
     };
     let net = |x: Tensor<2>, t: Tensor<1>| model.forward_flat(x, t, &cond);
     let learned_variance = model.output_factor() == 2;
-    let mut noise = SampleNoise::range(args.seed, 0..n as u64);
+    let mut noise = SampleNoise::range(args.seed, range.unwrap_or(0..n as u64));
     let scheduler_path = args.scheduler_config.clone().or(pipeline_scheduler);
     let (out, label) = match (&scheduler_path, &args.sampler) {
         (Some(_), Some(_)) if args.scheduler_config.is_some() => {
