@@ -2,15 +2,18 @@
 //! `DIFFUSION_BACKEND=flex|ndarray|wgpu cargo test --release --workspace`.
 
 mod backbones;
+mod data;
 mod ddpm_bound;
 mod diffusers_reference;
 mod flow;
 mod foundation;
 mod kdiffusion_reference;
+mod metrics;
 mod ode;
 mod oracle;
 mod readme;
 mod schedules_reference;
 mod score;
 mod score_sde_reference;
+mod train;
 mod vp_samplers_reference;

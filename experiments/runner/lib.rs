@@ -7,6 +7,8 @@
 //! run folder (`--out DIR`, by default a new folder under `runs/`), starting with the
 //! resolved configuration.
 
+pub mod image;
+
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
 

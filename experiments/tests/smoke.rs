@@ -134,3 +134,113 @@ fn flow2d_writes_its_run_folder() {
     }
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// `--smoke`: data in the real format, a few steps with checkpoints and grids, then a resume
+/// that extends the run, sampling and the bound.
+fn image_smoke(bin: &str, name: &str) {
+    let out = std::env::temp_dir().join(format!("{name}-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let first = run(
+        bin,
+        &[
+            "--smoke",
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.steps=2",
+        ],
+    );
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(out.join("checkpoints/step-00000002").is_dir());
+    let resumed = run(
+        bin,
+        &["--resume", out.to_str().unwrap(), "--set", "train.steps=4"],
+    );
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(resumed.status.success(), "{stderr}");
+    assert!(
+        format!("{stdout}{stderr}").contains("resumed at step 2"),
+        "{stdout}{stderr}"
+    );
+    for file in [
+        "config.toml",
+        "metrics.jsonl",
+        "loss.png",
+        "samples.npy",
+        "samples.png",
+        "metrics.json",
+        "samples/step-00000002.png",
+        "samples/step-00000004.png",
+        "checkpoints/step-00000004/state.json",
+        "model/model.json",
+        "model/model.safetensors",
+        "model/scheduler_config.json",
+    ] {
+        assert!(out.join(file).exists(), "{name}: {file} missing");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["steps"], 4);
+    assert_eq!(metrics["num_samples"], 6);
+    assert!(metrics["bits_per_dim"].as_f64().unwrap() > 0.0, "{metrics}");
+    assert!(metrics["final_loss"].as_f64().unwrap().is_finite());
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert_eq!(
+        log.lines().count(),
+        4,
+        "one record per step across the resume: {log}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}
+
+#[test]
+fn cifar_ddpm_smoke_runs_the_whole_pipeline() {
+    image_smoke(env!("CARGO_BIN_EXE_cifar-ddpm"), "cifar-ddpm");
+}
+
+#[test]
+fn cifar_improved_smoke_runs_the_whole_pipeline() {
+    image_smoke(env!("CARGO_BIN_EXE_cifar-improved"), "cifar-improved");
+}
+
+#[test]
+fn shapes_smoke_runs_the_whole_pipeline() {
+    image_smoke(env!("CARGO_BIN_EXE_shapes"), "shapes");
+}
+
+#[test]
+fn a_missing_data_set_says_where_to_get_it() {
+    let out = std::env::temp_dir().join(format!("cifar-missing-{}", std::process::id()));
+    let root = out.join("nowhere");
+    let result = Command::new(env!("CARGO_BIN_EXE_cifar-ddpm"))
+        .env("DIFFUSION_OFFLINE", "1")
+        .args([
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            format!("data.root=\"{}\"", root.display()).as_str(),
+            "--set",
+            "model.channels=[16, 32]",
+            "--set",
+            "model.attention=[false, true]",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success());
+    // The error names the URL, the path to place the archive at and its MD5.
+    let archive = root.join("cifar-10-binary.tar.gz");
+    for part in [
+        "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
+        archive.to_str().unwrap(),
+        "c32a1d4ab5d03f1284b67883e8d87530",
+    ] {
+        assert!(stderr.contains(part), "{part} not in: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}

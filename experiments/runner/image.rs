@@ -1,0 +1,716 @@
+//! The image-DDPM pipeline shared by `cifar-ddpm`, `cifar-improved` and `shapes`: data, a
+//! U-Net, the DDPM objective (L_simple, or Improved DDPM's hybrid loss with learned Σ), the
+//! training loop with EMA, checkpoints, resume and sample grids, then evaluation (samples from
+//! seeded per-sample streams, FID with pytorch-fid's Inception network when its weights are
+//! given, the variational bound in bits/dim on test images).
+//!
+//! Every random draw of step k is a function of (seed, k): batch order and flips (the
+//! loader), timesteps and noise (per-sample streams indexed by the sample's position in the
+//! training stream). So `--resume RUN_DIR` continues exactly, and a run with `--smoke` runs
+//! the whole pipeline on small generated data in the real file format in seconds.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use clap::Parser;
+use diffusion_backbones::unet::{DownBlockKind, UpBlockKind};
+use diffusion_backbones::{Backbone, Conditioning, Model, ModelConfig, preset};
+use diffusion_core::noise::{NoiseSource, SampleNoise, sample_rng};
+use diffusion_core::npy::NpyArray;
+use diffusion_core::tensor::to_f64;
+use diffusion_data::cifar::cifar10_remote;
+use diffusion_data::{DataLoader, ImageSet, LoaderConfig, Split};
+use diffusion_ddpm::{DdpmLoss, ForwardProcess, ModelVariance, Prediction, UniformTimesteps, Vlb};
+use diffusion_metrics::frechet::{FeatureStats, frechet_distance};
+use diffusion_metrics::inception::{FEATURES, InceptionV3};
+use diffusion_samplers::ddpm::VarianceType;
+use diffusion_samplers::{Ddim, Ddpm, DiscreteModel, Sampler, successive_steps};
+use diffusion_schedules::{DiscreteSchedule, TimestepSpacing, timesteps};
+use diffusion_train::{EmaSchedule, EmaSpec, LrDecay, SampleGrid, TrainConfig, Trainer};
+use serde::{Deserialize, Serialize};
+
+use crate::{CommonArgs, Result, Run, RunError};
+
+/// The options of an image experiment.
+#[derive(Parser, Debug, Clone)]
+pub struct ImageArgs {
+    /// Backend, output folder, configuration overrides, seed.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Run the whole pipeline (data in the real format, a few steps, checkpoint, resume,
+    /// sampling, metrics) on tiny settings in seconds.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Continue the run in this folder from its latest checkpoint (its config.toml is used;
+    /// `--set train.steps=N` extends it).
+    #[arg(long, conflicts_with_all = ["out", "config"])]
+    pub resume: Option<PathBuf>,
+}
+
+/// The configuration of an image experiment (`experiments/configs/*.toml`).
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ImageConfig {
+    /// The seed of the run (initialisation, data order, noise).
+    pub seed: u64,
+    /// The data set.
+    pub data: DataSection,
+    /// The network.
+    pub model: ModelSection,
+    /// The diffusion process and objective.
+    pub diffusion: DiffusionSection,
+    /// Optimisation.
+    pub train: TrainSection,
+    /// Sampling.
+    pub sample: SampleSection,
+    /// Evaluation.
+    pub eval: EvalSection,
+}
+
+/// `[data]`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct DataSection {
+    /// `cifar10`, `shapes` or `folder`.
+    pub name: String,
+    /// Where the files are (or are downloaded to).
+    pub root: String,
+    /// Images of `shapes` to generate for training (its test set has a tenth as many).
+    pub size: usize,
+    /// Image side (`folder`: the resize target; others are 32).
+    pub image_size: usize,
+    /// Random horizontal flips.
+    pub hflip: bool,
+}
+
+/// `[model]`: a named architecture, optionally narrowed.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct ModelSection {
+    /// A preset (`ddpm-cifar10`, `adm-cifar10`, …).
+    pub preset: String,
+    /// Dropout.
+    pub dropout: f64,
+    /// Channels per level (replaces the preset's; with `attention`).
+    #[serde(default)]
+    pub channels: Option<Vec<usize>>,
+    /// Self-attention per level.
+    #[serde(default)]
+    pub attention: Option<Vec<bool>>,
+    /// Residual blocks per level.
+    #[serde(default)]
+    pub layers_per_block: Option<usize>,
+    /// Group-norm groups.
+    #[serde(default)]
+    pub norm_num_groups: Option<usize>,
+}
+
+/// `[diffusion]`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct DiffusionSection {
+    /// `linear` or `cosine`.
+    pub schedule: String,
+    /// T.
+    pub num_train_timesteps: usize,
+    /// β₁ of the linear schedule.
+    pub beta_start: f64,
+    /// β_T of the linear schedule.
+    pub beta_end: f64,
+    /// `simple` (L_simple, ε, fixed Σ) or `hybrid` (Improved DDPM: learned-range Σ, λ = 0.001).
+    pub loss: String,
+}
+
+/// `[train]`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct TrainSection {
+    /// Optimiser steps.
+    pub steps: usize,
+    /// Images per step.
+    pub batch_size: usize,
+    /// Adam(W) learning rate.
+    pub lr: f64,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// `constant` or `cosine`.
+    pub decay: LrDecay,
+    /// Global gradient-norm clip (0: none).
+    pub grad_clip_norm: f64,
+    /// Micro-batches per step.
+    pub grad_accumulation: usize,
+    /// EMA decay (constant).
+    pub ema_decay: f64,
+    /// Log every N steps.
+    pub log_every: usize,
+    /// Checkpoint every N steps.
+    pub checkpoint_every: usize,
+    /// Checkpoints kept.
+    pub keep_checkpoints: usize,
+    /// Write a sample grid every N steps (0: never).
+    pub sample_every: usize,
+}
+
+/// `[sample]`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct SampleSection {
+    /// `ddpm` (ancestral) or `ddim`.
+    pub sampler: String,
+    /// Inference steps.
+    pub steps: usize,
+    /// DDIM's η.
+    pub eta: f64,
+    /// Images in a grid.
+    pub grid_size: usize,
+    /// Inference steps of the grids written during training.
+    pub grid_steps: usize,
+}
+
+/// `[eval]`.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct EvalSection {
+    /// Samples drawn after training (seeds 0..N of the sampling stream).
+    pub num_samples: usize,
+    /// Images per sampling batch.
+    pub batch_size: usize,
+    /// pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (empty: no FID).
+    pub inception_weights: String,
+    /// Reference statistics (.npz); empty: computed from the training images.
+    pub fid_reference: String,
+    /// Test images whose full bound (bits/dim) is evaluated (0: none).
+    pub bpd_images: usize,
+}
+
+/// The settings `--smoke` replaces, as `--set` items.
+pub const SMOKE: &[&str] = &[
+    "data.size=24",
+    "model.channels=[16, 32]",
+    "model.attention=[false, true]",
+    "model.layers_per_block=1",
+    "model.norm_num_groups=8",
+    "diffusion.num_train_timesteps=20",
+    "train.steps=4",
+    "train.batch_size=4",
+    "train.warmup_steps=1",
+    "train.log_every=1",
+    "train.checkpoint_every=2",
+    "train.sample_every=2",
+    "sample.steps=4",
+    "sample.grid_size=4",
+    "sample.grid_steps=2",
+    "eval.num_samples=6",
+    "eval.batch_size=4",
+    "eval.bpd_images=2",
+];
+
+fn fail(e: impl std::fmt::Display) -> RunError {
+    RunError::Failed(e.to_string())
+}
+
+/// The run's arguments with `--resume` and `--smoke` resolved.
+fn resolve_args(args: &ImageArgs) -> CommonArgs {
+    let mut common = args.common.clone();
+    if let Some(dir) = &args.resume {
+        common.config = Some(dir.join("config.toml"));
+        common.out = Some(dir.clone());
+    }
+    if args.smoke && args.resume.is_none() {
+        let mut smoke: Vec<String> = SMOKE.iter().map(|s| s.to_string()).collect();
+        smoke.extend(common.overrides);
+        common.overrides = smoke;
+    }
+    common
+}
+
+/// Writes `set` as CIFAR-10 binary batches (the real format) under `root`, for smoke runs.
+fn write_cifar_like(root: &Path, train: &ImageSet, test: &ImageSet) -> Result<()> {
+    let dir = root.join("cifar-10-batches-bin");
+    std::fs::create_dir_all(&dir).map_err(fail)?;
+    let records = |set: &ImageSet, range: std::ops::Range<usize>| {
+        range
+            .flat_map(|i| std::iter::once(set.labels[i] as u8).chain(set.image(i).iter().copied()))
+            .collect::<Vec<u8>>()
+    };
+    let per = train.len().div_ceil(5);
+    for b in 0..5 {
+        let range = (b * per).min(train.len())..((b + 1) * per).min(train.len());
+        std::fs::write(
+            dir.join(format!("data_batch_{}.bin", b + 1)),
+            records(train, range),
+        )
+        .map_err(fail)?;
+    }
+    std::fs::write(dir.join("test_batch.bin"), records(test, 0..test.len())).map_err(fail)
+}
+
+/// The training and test images.
+fn load_data(cfg: &ImageConfig, smoke: bool, run_dir: &Path) -> Result<(ImageSet, ImageSet)> {
+    let d = &cfg.data;
+    let shapes =
+        |offset: u64, n: usize| diffusion_data::shapes(cfg.seed ^ 0x5ba9e5 ^ offset, 0..n as u64, 32);
+    match d.name.as_str() {
+        "shapes" => Ok((shapes(0, d.size), shapes(1, (d.size / 10).max(2)))),
+        "cifar10" => {
+            let root = if smoke {
+                // Generated images in the CIFAR binary format, read by the real loader.
+                let root = run_dir.join("smoke-data");
+                write_cifar_like(&root, &shapes(0, d.size), &shapes(1, 4))?;
+                root
+            } else {
+                PathBuf::from(&d.root)
+            };
+            let remote = cifar10_remote();
+            Ok((
+                diffusion_data::load_cifar10(&root, Split::Train, &remote).map_err(fail)?,
+                diffusion_data::load_cifar10(&root, Split::Test, &remote).map_err(fail)?,
+            ))
+        }
+        "folder" => {
+            let set =
+                diffusion_data::load_image_folder(Path::new(&d.root), d.image_size as u32).map_err(fail)?;
+            let test = set.select(&(0..set.len().min(16)).collect::<Vec<_>>());
+            Ok((set, test))
+        }
+        other => Err(RunError::Config(format!(
+            "data.name = `{other}`: expected cifar10, shapes or folder"
+        ))),
+    }
+}
+
+/// The network of `[model]` for images of `shape`.
+fn model_config(cfg: &ImageConfig, shape: [usize; 3]) -> Result<ModelConfig> {
+    let m = &cfg.model;
+    let mut config = preset(&m.preset).map_err(fail)?;
+    let learned = cfg.diffusion.loss == "hybrid";
+    match &mut config {
+        ModelConfig::Unet(u) => {
+            u.dropout = m.dropout;
+            u.seed = cfg.seed;
+            u.sample_size = shape[1];
+            u.in_channels = shape[0];
+            u.out_channels = shape[0] * if learned { 2 } else { 1 };
+            if let Some(channels) = &m.channels {
+                let attention = m.attention.clone().unwrap_or_else(|| vec![false; channels.len()]);
+                if attention.len() != channels.len() {
+                    return Err(RunError::Config(
+                        "model.attention needs one entry per level of model.channels".into(),
+                    ));
+                }
+                // A narrowed network keeps whole heads of at most its narrowest width.
+                let narrowest = channels.iter().copied().min();
+                if let (diffusion_backbones::unet::Heads::Width(w), Some(c)) = (u.heads, narrowest)
+                    && c < w
+                {
+                    u.heads = diffusion_backbones::unet::Heads::Width(c);
+                }
+                u.block_out_channels = channels.clone();
+                u.down_blocks = attention
+                    .iter()
+                    .map(|&a| {
+                        if a {
+                            DownBlockKind::Attn
+                        } else {
+                            DownBlockKind::Plain
+                        }
+                    })
+                    .collect();
+                u.up_blocks = attention
+                    .iter()
+                    .rev()
+                    .map(|&a| if a { UpBlockKind::Attn } else { UpBlockKind::Plain })
+                    .collect();
+            }
+            if let Some(l) = m.layers_per_block {
+                u.layers_per_block = l;
+            }
+            if let Some(g) = m.norm_num_groups {
+                u.norm_num_groups = g;
+                if u.attn_norm_num_groups.is_some() {
+                    u.attn_norm_num_groups = Some(g);
+                }
+            }
+            u.validate()
+                .map_err(|e| RunError::Config(format!("model: {e}")))?;
+        }
+        _ => {
+            return Err(RunError::Config(format!(
+                "model.preset = `{}`: the image pipeline trains U-Nets",
+                m.preset
+            )));
+        }
+    }
+    Ok(config)
+}
+
+fn schedule(cfg: &DiffusionSection) -> Result<DiscreteSchedule> {
+    match cfg.schedule.as_str() {
+        "linear" => {
+            DiscreteSchedule::linear(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end).map_err(fail)
+        }
+        "cosine" => DiscreteSchedule::cosine(cfg.num_train_timesteps).map_err(fail),
+        other => Err(RunError::Config(format!(
+            "diffusion.schedule = `{other}`: expected linear or cosine"
+        ))),
+    }
+}
+
+fn objective(cfg: &DiffusionSection, forward: ForwardProcess) -> Result<DdpmLoss> {
+    match cfg.loss.as_str() {
+        "simple" => Ok(DdpmLoss::simple(forward, Prediction::Epsilon)),
+        "hybrid" => Ok(DdpmLoss::improved(forward)),
+        other => Err(RunError::Config(format!(
+            "diffusion.loss = `{other}`: expected simple or hybrid"
+        ))),
+    }
+}
+
+/// Images `[n, C·H·W]` of `range` of the sampling streams, drawn with `steps` steps.
+#[allow(clippy::too_many_arguments)]
+fn draw(
+    model: &Model,
+    cfg: &ImageConfig,
+    schedule: &DiscreteSchedule,
+    steps: usize,
+    range: std::ops::Range<u64>,
+    device: &Device,
+) -> Result<Tensor<2>> {
+    let features: usize = model.sample_shape().iter().product();
+    let n = (range.end - range.start) as usize;
+    let learned = model.output_factor() == 2;
+    let cond = Conditioning::default();
+    let net = |x: Tensor<2>, t: Tensor<1>| model.forward_flat(x, t, &cond);
+    let mut denoiser = DiscreteModel::new(net, schedule.clone(), Prediction::Epsilon);
+    if learned {
+        denoiser = denoiser.with_learned_variance();
+    }
+    let inference = timesteps(
+        schedule.len(),
+        steps.min(schedule.len()),
+        TimestepSpacing::Trailing,
+        0,
+    )
+    .map_err(fail)?;
+    let vp_steps = successive_steps(schedule, &inference);
+    let sampler: Box<dyn Sampler> = match cfg.sample.sampler.as_str() {
+        "ddpm" => {
+            let mut s = Ddpm::new(vp_steps);
+            s.clip_sample = Some(diffusion_ddpm::X0Clip::Static { range: 1.0 });
+            if learned {
+                s.variance = VarianceType::Learned;
+            }
+            Box::new(s)
+        }
+        "ddim" => Box::new(Ddim::new(vp_steps, cfg.sample.eta)),
+        other => {
+            return Err(RunError::Config(format!(
+                "sample.sampler = `{other}`: expected ddpm or ddim"
+            )));
+        }
+    };
+    let mut noise = SampleNoise::range(cfg.seed ^ 0x5a3b_1e00, range.clone());
+    let x = SampleNoise::range(cfg.seed ^ 0x1a17, range).normal_tensor(n, features, device, DType::F32);
+    let out = sampler.sample(&denoiser, x, &mut noise).map_err(fail)?;
+    Ok(out.x.clamp(-1.0, 1.0))
+}
+
+/// Writes the EMA weights as a model folder (`RUN/model`: model.json, model.safetensors and a
+/// diffusers DDPMScheduler config), which `diffusion sample --model` reads.
+fn export_model(run_dir: &Path, cfg: &ImageConfig, config: &ModelConfig, model: &Model) -> Result<()> {
+    let dir = run_dir.join("model");
+    diffusion_backbones::save_folder(
+        &dir,
+        config,
+        model,
+        diffusion_backbones::WeightFormat::Safetensors,
+    )
+    .map_err(fail)?;
+    let d = &cfg.diffusion;
+    let scheduler = serde_json::json!({
+        "_class_name": "DDPMScheduler",
+        "num_train_timesteps": d.num_train_timesteps,
+        "beta_schedule": if d.schedule == "cosine" { "squaredcos_cap_v2" } else { "linear" },
+        "beta_start": d.beta_start,
+        "beta_end": d.beta_end,
+        "prediction_type": "epsilon",
+        "variance_type": if d.loss == "hybrid" { "learned_range" } else { "fixed_small" },
+        "clip_sample": true,
+    });
+    let text = serde_json::to_string_pretty(&scheduler).map_err(fail)?;
+    diffusion_core::fs::write_atomic(&dir.join("scheduler_config.json"), text.as_bytes()).map_err(fail)
+}
+
+/// What an image run reports.
+#[derive(Serialize)]
+struct Metrics {
+    experiment: String,
+    steps: usize,
+    final_loss: f64,
+    train_seconds: f64,
+    sampler: String,
+    sample_steps: usize,
+    num_samples: usize,
+    sample_seconds: f64,
+    fid: Option<f64>,
+    fid_reference: Option<String>,
+    bits_per_dim: Option<f64>,
+    bpd_images: usize,
+    backend: String,
+}
+
+/// Runs an image experiment: `name`, its committed configuration, the parsed options.
+pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<()> {
+    let common = resolve_args(args);
+    let run: Run<ImageConfig> = Run::start(name, default_config, &common)?;
+    let cfg = run.config.clone();
+    let device = run.device.clone();
+    // A resumed smoke run finds its generated data in its folder.
+    let smoke = args.smoke || run.dir().join("smoke-data").exists();
+    let (train_set, test_set) = load_data(&cfg, smoke, run.dir())?;
+    let shape = train_set.shape;
+    run.say(format!(
+        "{}: {} training images of {:?}, {} test",
+        train_set.name,
+        train_set.len(),
+        shape,
+        test_set.len()
+    ));
+
+    let schedule = schedule(&cfg.diffusion)?;
+    let forward = ForwardProcess::new(schedule.clone());
+    let loss = objective(&cfg.diffusion, forward.clone())?;
+    let model_cfg = model_config(&cfg, shape)?;
+    let ad = device.clone().autodiff();
+    let model = model_cfg.init(&ad);
+    run.say(format!(
+        "{} with {} parameters",
+        cfg.model.preset,
+        model.num_params()
+    ));
+
+    let t = &cfg.train;
+    let k = t.grad_accumulation.max(1);
+    if !t.batch_size.is_multiple_of(k) {
+        return Err(RunError::Config(
+            "train.batch_size must be a multiple of train.grad_accumulation".into(),
+        ));
+    }
+    let micro = t.batch_size / k;
+    let train_cfg = TrainConfig::new()
+        .with_steps(t.steps)
+        .with_lr(t.lr)
+        .with_warmup_steps(t.warmup_steps)
+        .with_decay(t.decay)
+        .with_log_every(t.log_every)
+        .with_seed(cfg.seed)
+        .with_grad_clip_norm((t.grad_clip_norm > 0.0).then_some(t.grad_clip_norm))
+        .with_grad_accumulation(k)
+        .with_emas(vec![EmaSpec {
+            name: format!("{}", t.ema_decay),
+            schedule: EmaSchedule::Constant { decay: t.ema_decay },
+        }])
+        .with_checkpoint_every(t.checkpoint_every)
+        .with_keep_checkpoints(t.keep_checkpoints)
+        .with_sample_every(t.sample_every);
+    let mut trainer = Trainer::resume_or_new(model, train_cfg, run.dir()).map_err(fail)?;
+    if trainer.step() > 0 {
+        run.say(format!("resumed at step {}", trainer.step()));
+    }
+
+    // Batches of micro-batch index s = step·k + micro, prepared on a background thread.
+    let loader = DataLoader::new(
+        Arc::new(train_set),
+        LoaderConfig {
+            batch_size: micro,
+            seed: cfg.seed,
+            shuffle: true,
+            hflip: cfg.data.hflip,
+            prefetch: 4,
+        },
+    )
+    .map_err(fail)?;
+    let mut stream = loader.stream(trainer.step() * k);
+    let features = shape.iter().product::<usize>();
+    let uniform = UniformTimesteps {
+        num_timesteps: schedule.len(),
+    };
+    let start = Instant::now();
+    let grid_schedule = schedule.clone();
+    let grid_cfg = cfg.clone();
+    let grid_device = device.clone();
+    let mut grid = SampleGrid::new(
+        run.dir(),
+        (cfg.sample.grid_size as f64).sqrt().ceil() as usize,
+        |m: &Model| {
+            let n = grid_cfg.sample.grid_size as u64;
+            draw(
+                m,
+                &grid_cfg,
+                &grid_schedule,
+                grid_cfg.sample.grid_steps,
+                0..n,
+                &grid_device,
+            )
+            .map(|x| x.reshape([n as usize, shape[0], shape[1], shape[2]]))
+            .unwrap_or_else(|e| panic!("sampling a grid: {e}"))
+        },
+    );
+    trainer
+        .run(
+            |m, step, j| {
+                let index = step * k + j;
+                let batch = stream.next().expect("the loader never ends");
+                assert_eq!(batch.step, index, "batches arrive in order");
+                let x0 =
+                    Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), (&ad, DType::F32))
+                        .reshape([micro, features]);
+                let first = (index * micro) as u64;
+                let positions = first..first + micro as u64;
+                let ts: Vec<usize> = positions
+                    .clone()
+                    .map(|p| uniform.sample(&mut sample_rng(cfg.seed ^ 0x7173, p), 1)[0])
+                    .collect();
+                let noise = SampleNoise::range(cfg.seed ^ 0x4e01, positions).normal_tensor(
+                    micro,
+                    features,
+                    &ad,
+                    DType::F32,
+                );
+                let cond = Conditioning::default();
+                loss.loss(|x, t| m.forward_flat(x, t, &cond), x0, &ts, noise, None)
+                    .expect("shapes are consistent by construction")
+            },
+            &mut grid,
+        )
+        .map_err(fail)?;
+    drop(grid);
+    let train_seconds = start.elapsed().as_secs_f64();
+    let final_loss = trainer.log().last().map_or(f64::NAN, |r| r.loss);
+    let device_model = trainer.sampling_model();
+    export_model(run.dir(), &cfg, &model_cfg, &device_model)?;
+
+    // Samples from seeds 0..N of the sampling streams, in batches (each sample's noise is its own).
+    let e = &cfg.eval;
+    let start = Instant::now();
+    let mut samples = Vec::with_capacity(e.num_samples * features);
+    for lo in (0..e.num_samples).step_by(e.batch_size.max(1)) {
+        let hi = (lo + e.batch_size.max(1)).min(e.num_samples);
+        let x = draw(
+            &device_model,
+            &cfg,
+            &schedule,
+            cfg.sample.steps,
+            lo as u64..hi as u64,
+            &device,
+        )?;
+        samples.extend(to_f64(&x));
+        run.say(format!("sampled {hi}/{}", e.num_samples));
+    }
+    let sample_seconds = start.elapsed().as_secs_f64();
+    let n = e.num_samples;
+    NpyArray::from_f64(vec![n, shape[0], shape[1], shape[2]], samples.clone())
+        .and_then(|a| a.write(run.path("samples.npy")))
+        .map_err(fail)?;
+    let shown = n.min(64);
+    diffusion_viz::image_grid(
+        &run.path("samples.png"),
+        &samples[..shown * features],
+        [shown, shape[0], shape[1], shape[2]],
+        (shown as f64).sqrt().ceil() as usize,
+    )
+    .map_err(fail)?;
+
+    // FID with pytorch-fid's network, when its weights are given.
+    let (fid, fid_reference) = if e.inception_weights.is_empty() {
+        run.say("no eval.inception_weights: FID skipped (give pytorch-fid's pt_inception-2015-12-05-6726825d.pth)");
+        (None, None)
+    } else {
+        let net = InceptionV3::load(&device, Path::new(&e.inception_weights)).map_err(fail)?;
+        let stats_of = |images: &[f64]| -> Result<FeatureStats> {
+            let mut pool3 = Vec::new();
+            for chunk in images.chunks(e.batch_size.max(1) * features) {
+                let m = chunk.len() / features;
+                let values: Vec<f32> = chunk.iter().map(|v| ((v + 1.0) / 2.0) as f32).collect();
+                let x = Tensor::<4>::from_data(
+                    TensorData::new(values, [m, shape[0], shape[1], shape[2]]),
+                    (&device, DType::F32),
+                );
+                pool3.extend(to_f64(&net.forward(x).pool3));
+            }
+            FeatureStats::from_features(&pool3, FEATURES).map_err(fail)
+        };
+        let (reference, label) = if e.fid_reference.is_empty() {
+            let set = loader.set();
+            let pixels: Vec<f64> = set.pixels.iter().map(|&b| b as f64 / 127.5 - 1.0).collect();
+            let stats = stats_of(&pixels)?;
+            stats.write_npz(&run.path("reference-stats.npz")).map_err(fail)?;
+            (stats, format!("{} training images", set.len()))
+        } else {
+            (
+                FeatureStats::read_npz(Path::new(&e.fid_reference)).map_err(fail)?,
+                e.fid_reference.clone(),
+            )
+        };
+        let stats = stats_of(&samples)?;
+        (
+            Some(frechet_distance(&stats, &reference).map_err(fail)?),
+            Some(label),
+        )
+    };
+
+    // The full variational bound on test images (bits/dim), with the EMA weights.
+    let m = e.bpd_images.min(test_set.len());
+    let bits_per_dim = if m == 0 {
+        None
+    } else {
+        let variance = if device_model.output_factor() == 2 {
+            ModelVariance::LearnedRange
+        } else {
+            ModelVariance::FixedLarge
+        };
+        let vlb = Vlb::new(forward.clone(), Prediction::Epsilon, variance);
+        let pixels: Vec<f32> = test_set.pixels[..m * features]
+            .iter()
+            .map(|&b| diffusion_data::images::to_signed_unit(b))
+            .collect();
+        let x0 = Tensor::<2>::from_data(TensorData::new(pixels, [m, features]), (&device, DType::F32));
+        let cond = Conditioning::default();
+        let report = vlb
+            .evaluate(
+                |x, t| device_model.forward_flat(x, t, &cond),
+                x0,
+                |t| {
+                    SampleNoise::range(cfg.seed ^ 0xb9d0 ^ ((t as u64) << 20), 0..m as u64).normal_tensor(
+                        m,
+                        features,
+                        &device,
+                        DType::F32,
+                    )
+                },
+            )
+            .map_err(fail)?;
+        let total = to_f64(&report.total);
+        Some(total.iter().sum::<f64>() / m as f64)
+    };
+
+    let metrics = Metrics {
+        experiment: name.to_string(),
+        steps: trainer.step(),
+        final_loss,
+        train_seconds,
+        sampler: cfg.sample.sampler.clone(),
+        sample_steps: cfg.sample.steps,
+        num_samples: n,
+        sample_seconds,
+        fid,
+        fid_reference,
+        bits_per_dim,
+        bpd_images: m,
+        backend: common.backend.to_string(),
+    };
+    run.write_json("metrics.json", &metrics)?;
+    run.say(format!(
+        "loss {final_loss:.4}; FID {}; {} bits/dim on {m} test images; wrote {}",
+        fid.map_or("skipped".into(), |f| format!("{f:.2}")),
+        bits_per_dim.map_or("—".into(), |b| format!("{b:.3}")),
+        run.dir().display()
+    ));
+    Ok(())
+}
