@@ -11,7 +11,9 @@ use diffusion_ddpm::{
 };
 use diffusion_samplers::{Ddpm, DiscreteModel, NoiseLevel, Sampler, VarianceType, successive_steps};
 use diffusion_schedules::DiscreteSchedule;
-use diffusion_tests::{assert_close, assert_close_floor, best_dtype, device, fixture, floats, gmm2d, tensor2};
+use diffusion_tests::{
+    assert_close, assert_close_floor, best_dtype, device, fixture, floats, gmm2d, tensor2,
+};
 use serde_json::Value;
 
 const TOL: f64 = 1e-10;
@@ -356,7 +358,13 @@ fn full_bound_in_bits_per_dim_matches_calc_bpd_loop() {
             tol,
             1.0,
         );
-        assert_close_floor(&format!("{what} prior"), &to_f64(&report.prior), &prior_ref, tol, 1.0);
+        assert_close_floor(
+            &format!("{what} prior"),
+            &to_f64(&report.prior),
+            &prior_ref,
+            tol,
+            1.0,
+        );
         // Columns of improved-diffusion's vb / mse are t = T−1 … 0.
         for (key, ours) in [
             ("vb", &report.terms),
