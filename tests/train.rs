@@ -14,8 +14,8 @@ use diffusion_schedules::DiscreteSchedule;
 use diffusion_tests::{device, gmm2d, run_training_tests, tensor2};
 use diffusion_train::grad::{accumulate, clip_grad_norm, grad_norm};
 use diffusion_train::{
-    EmaSchedule, EmaSpec, LogRecord, NanPolicy, NoHooks, TrainConfig, TrainError, TrainHooks, Trainer,
-    data_parallel_step, list_checkpoints,
+    ComputePrecision, EmaSchedule, EmaSpec, LogRecord, NanPolicy, NoHooks, TrainConfig, TrainError,
+    TrainHooks, Trainer, data_parallel_step, list_checkpoints,
 };
 
 /// Every parameter, flattened in visiting order.
@@ -54,6 +54,7 @@ struct Objective {
     loss: SimpleLoss,
     ad: Device,
     b: usize,
+    dtype: DType,
 }
 
 impl Objective {
@@ -63,6 +64,7 @@ impl Objective {
             loss: SimpleLoss::new(ForwardProcess::new(schedule), Prediction::Epsilon),
             ad: ad.clone(),
             b,
+            dtype: DType::F32,
         }
     }
 
@@ -71,8 +73,8 @@ impl Objective {
         let n = (range.end - range.start) as usize;
         let base = (step * 1000) as u64;
         let r = base + range.start..base + range.end;
-        let x0 = tensor2(gmm2d().sample_host(1, r.clone()), n, &self.ad, DType::F32);
-        let noise = SampleNoise::range(2, r.clone()).normal_tensor(n, 2, &self.ad, DType::F32);
+        let x0 = tensor2(gmm2d().sample_host(1, r.clone()), n, &self.ad, self.dtype);
+        let noise = SampleNoise::range(2, r.clone()).normal_tensor(n, 2, &self.ad, self.dtype);
         let t: Vec<usize> = r
             .map(|i| UniformTimesteps { num_timesteps: 100 }.sample(&mut sample_rng(3, i), 1)[0])
             .collect();
@@ -510,4 +512,54 @@ fn sample_grids_are_written_on_their_period() {
     drop(hook);
     assert_eq!(calls, vec![false, false]);
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn bf16_mixed_precision_trains_the_f32_master_weights() {
+    if !run_training_tests() {
+        return;
+    }
+    let ad = device().autodiff();
+    let cfg = TrainConfig::new()
+        .with_steps(60)
+        .with_lr(3e-3)
+        .with_log_every(20)
+        .with_compute(ComputePrecision::Bf16);
+    if !ad.supports_dtype(DType::BF16) {
+        let err = Trainer::new(model(&ad), cfg).err().expect("refused").to_string();
+        assert!(err.to_lowercase().contains("bf16"), "{err}");
+        return;
+    }
+    let mut objective = Objective::new(&ad, 64);
+    objective.dtype = DType::BF16;
+    let mut mixed = Trainer::new(model(&ad), cfg.clone()).unwrap().quiet(true);
+    mixed
+        .run(|m, s, k| objective.call(m, s, k), &mut NoHooks)
+        .unwrap();
+    let objective = Objective::new(&ad, 64);
+    let mut full = Trainer::new(model(&ad), cfg.with_compute(ComputePrecision::F32))
+        .unwrap()
+        .quiet(true);
+    full.run(|m, s, k| objective.call(m, s, k), &mut NoHooks).unwrap();
+
+    struct Dtypes(Vec<DType>);
+    impl ModuleVisitor for Dtypes {
+        fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<D>>) {
+            self.0.push(p.val().dtype());
+        }
+    }
+    let mut dtypes = Dtypes(Vec::new());
+    mixed.model().visit(&mut dtypes);
+    assert!(
+        dtypes.0.iter().all(|d| *d == DType::F32),
+        "the master weights stay f32"
+    );
+    let (m, f) = (mixed.log(), full.log());
+    assert!(m[2].loss < m[0].loss, "bf16 training learns: {m:?}");
+    assert_ne!(
+        params(mixed.model()),
+        params(full.model()),
+        "the passes really ran in bf16"
+    );
+    assert!((m[2].loss - f[2].loss).abs() < 0.25 * f[2].loss, "{m:?} vs {f:?}");
 }

@@ -29,7 +29,7 @@ use diffusion_metrics::inception::{FEATURES, InceptionV3};
 use diffusion_samplers::ddpm::VarianceType;
 use diffusion_samplers::{Ddim, Ddpm, DiscreteModel, Sampler, successive_steps};
 use diffusion_schedules::{DiscreteSchedule, TimestepSpacing, timesteps};
-use diffusion_train::{EmaSchedule, EmaSpec, LrDecay, SampleGrid, TrainConfig, Trainer};
+use diffusion_train::{ComputePrecision, EmaSchedule, EmaSpec, LrDecay, SampleGrid, TrainConfig, Trainer};
 use serde::{Deserialize, Serialize};
 
 use crate::{CommonArgs, Result, Run, RunError};
@@ -147,6 +147,8 @@ pub struct TrainSection {
     pub keep_checkpoints: usize,
     /// Write a sample grid every N steps (0: never).
     pub sample_every: usize,
+    /// `f32`, or `bf16` mixed precision (bf16 passes, f32 master weights) where the device has it.
+    pub precision: ComputePrecision,
 }
 
 /// `[sample]`.
@@ -508,7 +510,9 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         }])
         .with_checkpoint_every(t.checkpoint_every)
         .with_keep_checkpoints(t.keep_checkpoints)
-        .with_sample_every(t.sample_every);
+        .with_sample_every(t.sample_every)
+        .with_compute(t.precision);
+    let compute_dtype = t.precision.dtype();
     let mut trainer = Trainer::resume_or_new(model, train_cfg, run.dir()).map_err(fail)?;
     if trainer.step() > 0 {
         run.say(format!("resumed at step {}", trainer.step()));
@@ -559,7 +563,7 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
                 let batch = stream.next().expect("the loader never ends");
                 assert_eq!(batch.step, index, "batches arrive in order");
                 let x0 =
-                    Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), (&ad, DType::F32))
+                    Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), (&ad, compute_dtype))
                         .reshape([micro, features]);
                 let first = (index * micro) as u64;
                 let positions = first..first + micro as u64;
@@ -571,7 +575,7 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
                     micro,
                     features,
                     &ad,
-                    DType::F32,
+                    compute_dtype,
                 );
                 let cond = Conditioning::default();
                 loss.loss(|x, t| m.forward_flat(x, t, &cond), x0, &ts, noise, None)

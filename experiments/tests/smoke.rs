@@ -244,3 +244,28 @@ fn a_missing_data_set_says_where_to_get_it() {
     }
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn shapes_trains_in_bf16_mixed_precision() {
+    let out = std::env::temp_dir().join(format!("shapes-bf16-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let result = run(
+        env!("CARGO_BIN_EXE_shapes"),
+        &[
+            "--smoke",
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.precision=bf16",
+        ],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert!(metrics["final_loss"].as_f64().unwrap().is_finite(), "{metrics}");
+    std::fs::remove_dir_all(&out).unwrap();
+}

@@ -5,7 +5,7 @@
 //! - [`toy2d`]: the standard 2-D toy distributions, seeded and per-sample reproducible;
 //! - [`cifar`], [`mnist`], [`folder`]: CIFAR-10/100 (binary format), MNIST and Fashion-MNIST
 //!   (IDX), and folders of PNG/JPEG images, as [`ImageSet`]s;
-//! - [`shapes`]: a built-in image set (discs, squares, triangles) generated on the fly;
+//! - [`shapes`](mod@shapes): a built-in image set (discs, squares, triangles) generated on the fly;
 //! - [`download`]: downloads on first use, checked against the published MD5s, with an error
 //!   offline that says where to place the files;
 //! - [`loader`]: deterministic shuffled batches with horizontal flips and scaling to [−1, 1],

@@ -5,7 +5,7 @@
 //! - [`frechet`]: the Fréchet distance of feature statistics (FID), reference statistics in
 //!   numpy's `.npz` format ([`npz`]);
 //! - [`inception`]: pytorch-fid's Inception-v3 feature extractor (user-provided weights);
-//! - [`kid`]: Kernel Inception Distance;
+//! - [`kid`](mod@kid): Kernel Inception Distance;
 //! - [`inception_score`](mod@inception_score): the Inception Score;
 //! - [`precision_recall`](mod@precision_recall): improved precision and recall (k-NN manifolds);
 //! - [`sliced_wasserstein`](mod@sliced_wasserstein): SW₂ between point clouds (low-dimensional data);

@@ -64,6 +64,33 @@ pub struct TrainConfig {
     /// Call the sampling hook every this many steps (0: never).
     #[config(default = 0)]
     pub sample_every: usize,
+    /// The precision the loss is computed in; the weights, gradients and optimiser state stay
+    /// f32 either way.
+    #[config(default = "ComputePrecision::F32")]
+    pub compute: ComputePrecision,
+}
+
+/// The precision of the forward and backward passes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputePrecision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// Mixed precision: the loss sees a bf16 copy of the weights, cast on the tape, so the
+    /// gradients reach the f32 master weights (the objective should build its inputs in bf16
+    /// too: [`ComputePrecision::dtype`]). Where the device computes in bf16 (flex, CUDA).
+    Bf16,
+}
+
+impl ComputePrecision {
+    /// The dtype the objective's inputs should have.
+    pub fn dtype(self) -> burn::tensor::DType {
+        match self {
+            Self::F32 => burn::tensor::DType::F32,
+            Self::Bf16 => burn::tensor::DType::BF16,
+        }
+    }
 }
 
 /// What a NaN or infinite loss does.

@@ -3,7 +3,7 @@
 //! Training for any objective, built for long runs:
 //!
 //! - [`trainer`]: the step-based loop (AdamW, warm-up and decay, gradient clipping and
-//!   accumulation, NaN policy, logging), and [`train`] for short runs;
+//!   accumulation, bf16 mixed precision, NaN policy, logging), and [`train`] for short runs;
 //! - [`ema`]: EMAs of the weights (constant, warm-up, EDM half-life);
 //! - [`checkpoint`]: atomic checkpoints that resume exactly;
 //! - [`grad`]: global gradient norms, clipping, accumulation;
@@ -22,9 +22,9 @@ pub mod progress;
 pub mod trainer;
 
 pub use checkpoint::{CheckpointState, latest_checkpoint, list_checkpoints};
-pub use config::{EmaSpec, LrDecay, NanPolicy, TrainConfig};
+pub use config::{ComputePrecision, EmaSpec, LrDecay, NanPolicy, TrainConfig};
 pub use ema::{Ema, EmaSchedule};
 pub use error::TrainError;
 pub use grid::SampleGrid;
 pub use parallel::data_parallel_step;
-pub use trainer::{LogRecord, NoHooks, TrainHooks, Trainer, train};
+pub use trainer::{LogRecord, NoHooks, TrainHooks, Trainer, cast_copy, train};

@@ -17,7 +17,7 @@ use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint};
-use crate::config::{NanPolicy, TrainConfig};
+use crate::config::{ComputePrecision, NanPolicy, TrainConfig};
 use crate::ema::Ema;
 use crate::error::{Result, TrainError};
 use crate::grad::{accumulate, clip_grad_norm, grad_norm};
@@ -86,6 +86,15 @@ impl<M: Module> Trainer<M> {
     /// A fresh run of `model` (on an autodiff device).
     pub fn new(model: M, config: TrainConfig) -> Result<Self> {
         config.validate()?;
+        let dtype = config.compute.dtype();
+        if let Some(device) = model.devices().first()
+            && !device.supports_dtype(dtype)
+        {
+            return Err(TrainError::Config(format!(
+                "compute = {:?}: this device does not compute in {dtype:?}; use f32",
+                config.compute
+            )));
+        }
         let emas = config
             .emas
             .iter()
@@ -225,8 +234,13 @@ impl<M: Module> Trainer<M> {
             let mut grads = GradientsParams::new();
             let mut step_loss = 0.0;
             let k = config.grad_accumulation;
+            // The weights the loss sees: the f32 masters, or their bf16 copy on the tape.
+            let compute = match config.compute {
+                ComputePrecision::F32 => None,
+                ComputePrecision::Bf16 => Some(cast_copy(&model, config.compute.dtype())),
+            };
             for micro in 0..k {
-                let l = loss(&model, step, micro);
+                let l = loss(compute.as_ref().unwrap_or(&model), step, micro);
                 let value: f64 = l.clone().detach().into_scalar::<f64>();
                 step_loss += value / k as f64;
                 let g = GradientsParams::from_grads(l.div_scalar(k as f64).backward(), &model);
@@ -304,6 +318,22 @@ impl<M: Module> Trainer<M> {
         progress.finish();
         Ok(())
     }
+}
+
+/// A copy of `model` with every float parameter cast to `dtype` as an operation on the tape
+/// (same parameter ids): gradients of a loss computed with it flow back to the originals.
+pub fn cast_copy<M: Module>(model: &M, dtype: burn::tensor::DType) -> M {
+    struct Cast(burn::tensor::DType);
+    impl burn::module::ModuleMapper for Cast {
+        fn map_float<const D: usize>(
+            &mut self,
+            p: burn::module::Param<Tensor<D>>,
+        ) -> burn::module::Param<Tensor<D>> {
+            let dtype = self.0;
+            p.map(|t| t.cast(dtype))
+        }
+    }
+    model.clone().map(&mut Cast(dtype))
 }
 
 /// Runs `config.steps` AdamW steps on `model` (on an autodiff device) without checkpoints or
