@@ -137,8 +137,11 @@ pub struct TrainSection {
     pub grad_clip_norm: f64,
     /// Micro-batches per step.
     pub grad_accumulation: usize,
-    /// EMA decay (constant).
+    /// EMA decay (its maximum with a warm-up).
     pub ema_decay: f64,
+    /// 0: a constant decay; p > 0: k-diffusion's warm-up β = 1 − (1 + k)^(−p) up to `ema_decay`
+    /// (short runs: the average then forgets the initial weights).
+    pub ema_warmup_power: f64,
     /// Log every N steps.
     pub log_every: usize,
     /// Checkpoint every N steps.
@@ -364,7 +367,8 @@ fn objective(cfg: &DiffusionSection, forward: ForwardProcess) -> Result<DdpmLoss
     }
 }
 
-/// Images `[n, C·H·W]` of `range` of the sampling streams, drawn with `steps` steps.
+/// Images `[n, C·H·W]` of `range` of the sampling streams, drawn with `steps` steps; x̂₀ is
+/// clipped to [−1, 1] at every step (Ho et al.'s sampler, diffusers' `clip_sample`).
 #[allow(clippy::too_many_arguments)]
 fn draw(
     model: &Model,
@@ -400,7 +404,11 @@ fn draw(
             }
             Box::new(s)
         }
-        "ddim" => Box::new(Ddim::new(vp_steps, cfg.sample.eta)),
+        "ddim" => {
+            let mut s = Ddim::new(vp_steps, cfg.sample.eta);
+            s.clip_sample = Some(diffusion_ddpm::X0Clip::Static { range: 1.0 });
+            Box::new(s)
+        }
         other => {
             return Err(RunError::Config(format!(
                 "sample.sampler = `{other}`: expected ddpm or ddim"
@@ -506,7 +514,17 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         .with_grad_accumulation(k)
         .with_emas(vec![EmaSpec {
             name: format!("{}", t.ema_decay),
-            schedule: EmaSchedule::Constant { decay: t.ema_decay },
+            schedule: if t.ema_warmup_power > 0.0 {
+                EmaSchedule::Warmup {
+                    inv_gamma: 1.0,
+                    power: t.ema_warmup_power,
+                    min_decay: 0.0,
+                    max_decay: t.ema_decay,
+                    start_at: 0,
+                }
+            } else {
+                EmaSchedule::Constant { decay: t.ema_decay }
+            },
         }])
         .with_checkpoint_every(t.checkpoint_every)
         .with_keep_checkpoints(t.keep_checkpoints)
