@@ -7,6 +7,7 @@ mod ddpm_bound;
 mod diffusers_reference;
 mod flow;
 mod foundation;
+mod guidance;
 mod kdiffusion_reference;
 mod metrics;
 mod ode;

@@ -80,6 +80,8 @@ struct Posterior {
     log_prob: Tensor<1>,
     /// Posterior variances sₖ² σ²/vₖ, `[n, K]`.
     comp_var: Tensor<2>,
+    /// log p(x, k) (unnormalised responsibilities in log space), `[n, K]`.
+    logits: Tensor<2>,
 }
 
 impl GaussianMixture {
@@ -192,7 +194,7 @@ impl GaussianMixture {
             - sq / v.clone().mul_scalar(2.0);
         let max = logits.clone().max_dim(1); // [n, 1]
         let log_prob = (logits.clone() - max.clone()).exp().sum_dim(1).log() + max;
-        let resp = softmax(logits, 1);
+        let resp = softmax(logits.clone(), 1);
         let gain = (a.clone() * var0.clone() / v.clone()).reshape([n, k, 1]);
         let comp_means = means + centred * gain; // [n, K, d]
         let denoised = (comp_means.clone() * resp.clone().reshape([n, k, 1]))
@@ -205,7 +207,47 @@ impl GaussianMixture {
             denoised,
             log_prob: log_prob.reshape([n]),
             comp_var,
+            logits,
         }
+    }
+
+    /// The mixture of `components` alone, weights renormalised: with a class per group of
+    /// components, the exact class-conditional model p(x₀ | c).
+    pub fn restricted(&self, components: &[usize]) -> Result<Self, OracleError> {
+        if components.is_empty() || components.iter().any(|&k| k >= self.components()) {
+            return Err(OracleError::Invalid(format!(
+                "components {components:?} must be a non-empty subset of 0..{}",
+                self.components()
+            )));
+        }
+        let total: f64 = components.iter().map(|&k| self.weights[k]).sum();
+        Self::new(
+            components.iter().map(|&k| self.weights[k] / total).collect(),
+            components.iter().map(|&k| self.means[k].clone()).collect(),
+            components.iter().map(|&k| self.stds[k]).collect(),
+        )
+    }
+
+    /// The exact noisy classifier log p(c | x) at `level` (Dhariwal & Nichol's p_φ(y | x_t)),
+    /// `[n, C]`, for classes given as groups of components: the log of the responsibility mass
+    /// of each group. Differentiable in x (autodiff gives ∇ₓ log p(c | x)).
+    pub fn class_log_posterior(&self, x: Tensor<2>, level: NoiseLevel, classes: &[Vec<usize>]) -> Tensor<2> {
+        let [n, _] = x.dims();
+        let post = self.posterior(x, &[level.alpha], &[level.sigma]);
+        let k = self.components();
+        // log Σ_{k ∈ c} p(x, k) − log p(x), in log space (no responsibility underflows to 0).
+        let columns: Vec<Tensor<2>> = classes
+            .iter()
+            .map(|group| {
+                let outside: Vec<f64> = (0..k)
+                    .map(|j| if group.contains(&j) { 0.0 } else { -1e30 })
+                    .collect();
+                let masked = post.logits.clone() + from_f64_like(outside, [1, k], &post.logits);
+                let max = masked.clone().max_dim(1);
+                ((masked - max.clone()).exp().sum_dim(1).log() + max).reshape([n, 1])
+            })
+            .collect();
+        Tensor::cat(columns, 1) - post.log_prob.reshape([n, 1])
     }
 
     /// D(x) = E[x₀ | x] at the noise level (α, σ), per sample or shared.
