@@ -180,3 +180,59 @@ fn guided_sampling_at_scale_one_samples_the_conditional_mixture() {
         assert!(sw < 2.0 * floor + 0.02, "{name}: SW {sw} vs floor {floor}");
     }
 }
+
+#[test]
+fn batched_cfg_is_classifier_free_guidance_in_one_pass() {
+    use diffusion_samplers::{DiscreteModel, batched_cfg};
+    use diffusion_schedules::DiscreteSchedule;
+    let device = device();
+    let dtype = best_dtype(&device);
+    // A label-dependent "network" with a variance head (4 features: 2 guided, 2 passed through).
+    let calls = std::cell::Cell::new(0);
+    let net = |x: Tensor<2>, t: Tensor<1>, labels: Tensor<1, Int>| {
+        calls.set(calls.get() + 1);
+        let [n, _] = x.dims();
+        let l = labels.float().cast(x.dtype()).reshape([n, 1]);
+        let t = t.reshape([n, 1]).div_scalar(1000.0);
+        let eps = x.clone().mul(l.clone().add_scalar(1.0)).sub(t.clone()).tanh();
+        let var = x.mul(l).add(t).sin();
+        Tensor::cat(vec![eps, var], 1)
+    };
+    let n = 6;
+    let labels = Tensor::<1, Int>::from_data(
+        burn::tensor::TensorData::new(vec![0i64, 1, 2, 0, 1, 2], [n]),
+        &device,
+    );
+    let schedule = DiscreteSchedule::linear(1000, 1e-4, 0.02).unwrap();
+    let guided = batched_cfg(&net, labels.clone(), 5, 2.5, 2);
+    let x = points(n, 1.5);
+    let t = Tensor::<1>::from_data(
+        burn::tensor::TensorData::new(vec![500.0f64; n], [n]),
+        (&device, dtype),
+    );
+    let out = guided(x.clone(), t.clone());
+    assert_eq!(calls.get(), 1, "one forward pass");
+    assert_eq!(out.dims(), [n, 4]);
+    // The same through two denoisers (means only) and ClassifierFree.
+    let null = labels.clone().zeros_like().add_scalar(5);
+    let mean = |l: Tensor<1, Int>| move |x: Tensor<2>, t: Tensor<1>| net(x, t, l.clone()).narrow(1, 0, 2);
+    let cond = DiscreteModel::new(
+        mean(labels.clone()),
+        schedule.clone(),
+        diffusion_ddpm::Prediction::Epsilon,
+    );
+    let uncond = DiscreteModel::new(mean(null), schedule.clone(), diffusion_ddpm::Prediction::Epsilon);
+    let one = DiscreteModel::new(
+        |x: Tensor<2>, t: Tensor<1>| guided(x, t).narrow(1, 0, 2),
+        schedule.clone(),
+        diffusion_ddpm::Prediction::Epsilon,
+    );
+    let level = NoiseLevel::vp(schedule.alphas_cumprod()[500]).with_timestep(500.0);
+    let a = one.denoise(x.clone(), level);
+    let b = ClassifierFree::new(&cond, &uncond, 2.5).denoise(x.clone(), level);
+    let tol = if f64_only() { 1e-12 } else { 1e-4 };
+    assert!(max_abs(&a, &b) < tol, "{}", max_abs(&a, &b));
+    // The variance head is the conditional one.
+    let var = net(x.clone(), t, labels).narrow(1, 2, 2);
+    assert!(max_abs(&out.narrow(1, 2, 2), &var) < tol);
+}

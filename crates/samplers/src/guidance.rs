@@ -93,3 +93,41 @@ impl<C: Denoiser, U: Denoiser> Denoiser for ClassifierFree<C, U> {
         (x - eps.mul_scalar(level.sigma)).div_scalar(level.alpha)
     }
 }
+
+/// Classifier-free guidance of a class-conditional network in one forward pass: the batch is
+/// doubled (each row with its label, then with the null label), and the first `guided`
+/// output features become ε_u + w (ε_c − ε_u); the rest (a learned-variance head) are taken
+/// from the conditional half. As ε ↦ D is affine at a fixed (x, σ), this equals
+/// [`ClassifierFree`] on the two denoisers. Returns the network closure a
+/// [`DiscreteModel`](crate::DiscreteModel) wraps.
+pub fn batched_cfg<'a, F>(
+    net: F,
+    labels: Tensor<1, burn::tensor::Int>,
+    null_label: i64,
+    scale: f64,
+    guided: usize,
+) -> impl Fn(Tensor<2>, Tensor<1>) -> Tensor<2> + 'a
+where
+    F: Fn(Tensor<2>, Tensor<1>, Tensor<1, burn::tensor::Int>) -> Tensor<2> + 'a,
+{
+    move |x: Tensor<2>, t: Tensor<1>| {
+        let [n, _] = x.dims();
+        let null = labels.clone().zeros_like().add_scalar(null_label);
+        let out = net(
+            Tensor::cat(vec![x.clone(), x], 0),
+            Tensor::cat(vec![t.clone(), t], 0),
+            Tensor::cat(vec![labels.clone(), null], 0),
+        );
+        let f = out.dims()[1];
+        let cond = out.clone().narrow(0, 0, n);
+        let uncond = out.narrow(0, n, n);
+        let g = guided.min(f);
+        let guided_part = uncond.clone().narrow(1, 0, g)
+            + (cond.clone().narrow(1, 0, g) - uncond.narrow(1, 0, g)).mul_scalar(scale);
+        if g == f {
+            guided_part
+        } else {
+            Tensor::cat(vec![guided_part, cond.narrow(1, g, f - g)], 1)
+        }
+    }
+}

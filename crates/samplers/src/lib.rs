@@ -61,7 +61,7 @@ pub use dpm_multistep::{DpmAlgorithm, DpmDialect, DpmMultistep, SolverType};
 pub use dpm_solver::{DpmSolverAdaptive, DpmSolverFast};
 pub use edm::EdmSampler;
 pub use flow::{FlowConvention, FlowModel, velocity};
-pub use guidance::{ClassifierFree, ClassifierGuidance};
+pub use guidance::{ClassifierFree, ClassifierGuidance, batched_cfg};
 pub use level::NoiseLevel;
 pub use lms::Lms;
 pub use ode::{Dopri5, FixedStep, OdeError, OdeStats, OdeSystem};
