@@ -236,3 +236,53 @@ fn batched_cfg_is_classifier_free_guidance_in_one_pass() {
     let var = net(x.clone(), t, labels).narrow(1, 2, 2);
     assert!(max_abs(&out.narrow(1, 2, 2), &var) < tol);
 }
+
+#[test]
+fn sdedit_keeps_the_data_distribution_and_matches_diffusers_img2img_steps() {
+    use diffusion_samplers::{
+        Ddpm, DiscreteModel, TimestepInterpolation, img2img_timesteps, noise_to, successive_steps,
+    };
+    use diffusion_schedules::{DiscreteSchedule, TimestepSpacing, timesteps};
+    // diffusers' img2img: 50 leading steps (offset 1) at strength 0.8 start at t = 781, 40 steps.
+    let all = timesteps(1000, 50, TimestepSpacing::Leading, 1).unwrap();
+    let kept = img2img_timesteps(&all, 0.8).unwrap();
+    assert_eq!((kept.len(), kept[0], *kept.last().unwrap()), (40, 781, 1));
+    assert_eq!(img2img_timesteps(&all, 1.0).unwrap(), all);
+    assert!(img2img_timesteps(&all, 0.0).is_err() && img2img_timesteps(&all, 0.001).is_err());
+
+    // On the exact model, perturbing data and denoising it again keeps the data distribution.
+    let m = gmm2d();
+    let device = device();
+    let dtype = best_dtype(&device);
+    let schedule = DiscreteSchedule::linear(1000, 1e-4, 0.02).unwrap();
+    let net = m.discrete_model(
+        &schedule,
+        diffusion_ddpm::Prediction::Epsilon,
+        TimestepInterpolation::Sigma,
+    );
+    let model = DiscreteModel::new(net, schedule.clone(), diffusion_ddpm::Prediction::Epsilon);
+    let n = 1000;
+    let steps = timesteps(1000, 200, TimestepSpacing::Trailing, 0).unwrap();
+    let exact = m.sample_host(3, 0..n as u64);
+    let fresh = m.sample_host(4, 0..n as u64);
+    let floor = sliced_wasserstein(&fresh, &exact, 2, 256, 1);
+    for strength in [0.3, 1.0] {
+        let kept = img2img_timesteps(&steps, strength).unwrap();
+        let guide = tensor2(m.sample_host(8, 0..n as u64), n, &device, dtype);
+        let mut noise = SampleNoise::range(11, 0..n as u64);
+        let x = noise_to(
+            &schedule,
+            guide,
+            noise.normal_tensor(n, 2, &device, dtype),
+            kept[0],
+        );
+        let out = Ddpm::new(successive_steps(&schedule, &kept))
+            .sample(&model, x, &mut noise)
+            .unwrap();
+        let sw = sliced_wasserstein(&to_f64(&out.x), &exact, 2, 256, 1);
+        assert!(
+            sw < 2.0 * floor + 0.02,
+            "strength {strength}: SW {sw} vs floor {floor}"
+        );
+    }
+}

@@ -44,6 +44,7 @@ pub mod pf_ode;
 pub mod pndm;
 pub mod sampler;
 pub mod sde;
+pub mod sdedit;
 pub mod single_step;
 pub mod unipc;
 pub mod ve;
@@ -70,6 +71,7 @@ pub use pf_ode::{FlowMatchEuler, FlowTime, OdeSampler, OdeSolver, ProbabilityFlo
 pub use pndm::Pndm;
 pub use sampler::{Observer, SampleError, SampleOutput, Sampler, WithClippedDenoiser};
 pub use sde::{EulerMaruyama, ReverseVeSde, SdeSystem, euler_maruyama_step};
+pub use sdedit::{img2img_timesteps, noise_to};
 pub use single_step::OdeMethod;
 pub use unipc::{UniPc, UniPcVariant};
 pub use ve::{Churn, InVpCoordinates, VeGrid, ancestral_step};
