@@ -483,6 +483,13 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         test_set.len()
     ));
 
+    // Checked before training, so that a typo never surfaces at the first sample grid.
+    if !matches!(cfg.sample.sampler.as_str(), "ddpm" | "ddim") {
+        return Err(RunError::Config(format!(
+            "sample.sampler = `{}`: expected ddpm or ddim",
+            cfg.sample.sampler
+        )));
+    }
     let schedule = schedule(&cfg.diffusion)?;
     let forward = ForwardProcess::new(schedule.clone());
     let loss = objective(&cfg.diffusion, forward.clone())?;

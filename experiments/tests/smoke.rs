@@ -214,6 +214,35 @@ fn shapes_smoke_runs_the_whole_pipeline() {
 }
 
 #[test]
+fn image_experiments_check_their_configuration_before_training() {
+    let out = std::env::temp_dir().join(format!("shapes-bad-{}", std::process::id()));
+    for (args, message) in [
+        (vec!["--set", "sample.sampler=euler"], "expected ddpm or ddim"),
+        (
+            vec!["--set", "diffusion.schedule=sigmoid"],
+            "expected linear or cosine",
+        ),
+        (
+            vec!["--set", "data.name=imagenet"],
+            "expected cifar10, shapes or folder",
+        ),
+        (vec!["--set", "model.attention=[true]"], "one entry per level"),
+    ] {
+        let mut all = vec!["--smoke", "--out", out.to_str().unwrap()];
+        all.extend(args);
+        let result = run(env!("CARGO_BIN_EXE_shapes"), &all);
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert!(!result.status.success(), "{all:?} succeeded");
+        assert!(stderr.contains(message), "{all:?}: {stderr}");
+        assert!(
+            !out.join("checkpoints").exists(),
+            "{all:?} trained before failing"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
 fn a_missing_data_set_says_where_to_get_it() {
     let out = std::env::temp_dir().join(format!("cifar-missing-{}", std::process::id()));
     let root = out.join("nowhere");
