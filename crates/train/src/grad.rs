@@ -21,33 +21,55 @@ fn ids<M: Module>(model: &M) -> Vec<(ParamId, usize)> {
     ids.0
 }
 
+/// Runs `$body` with `$d` bound to the parameter's rank as a constant (ranks 1 to 6).
+macro_rules! with_rank {
+    ($rank:expr, $d:ident => $body:block) => {
+        match $rank {
+            1 => {
+                const $d: usize = 1;
+                $body
+            }
+            2 => {
+                const $d: usize = 2;
+                $body
+            }
+            3 => {
+                const $d: usize = 3;
+                $body
+            }
+            4 => {
+                const $d: usize = 4;
+                $body
+            }
+            5 => {
+                const $d: usize = 5;
+                $body
+            }
+            _ => {
+                const $d: usize = 6;
+                $body
+            }
+        }
+    };
+}
+
 /// Applies `f` to the gradient of every parameter of `model` (of any rank, seen flattened).
 fn for_each_grad<M: Module>(
     grads: &mut GradientsParams,
     model: &M,
     mut f: impl FnMut(Tensor<1>) -> Option<Tensor<1>>,
 ) {
-    macro_rules! rank {
-        ($d:literal, $id:expr) => {{
-            if let Some(g) = grads.remove::<$d>($id) {
+    for (id, rank) in ids(model) {
+        with_rank!(rank, D => {
+            if let Some(g) = grads.remove::<D>(id) {
                 let shape = g.dims();
                 let n = shape.iter().product::<usize>();
                 match f(g.clone().reshape([n])) {
-                    Some(new) => grads.register::<$d>($id, new.reshape(shape)),
-                    None => grads.register::<$d>($id, g),
+                    Some(new) => grads.register::<D>(id, new.reshape(shape)),
+                    None => grads.register::<D>(id, g),
                 }
             }
-        }};
-    }
-    for (id, rank) in ids(model) {
-        match rank {
-            1 => rank!(1, id),
-            2 => rank!(2, id),
-            3 => rank!(3, id),
-            4 => rank!(4, id),
-            5 => rank!(5, id),
-            _ => rank!(6, id),
-        }
+        })
     }
 }
 
@@ -83,25 +105,15 @@ pub fn clip_grad_norm<M: Module>(grads: &mut GradientsParams, model: &M, max_nor
 
 /// Adds the gradients of `other` into `acc` (micro-batch accumulation).
 pub fn accumulate<M: Module>(acc: &mut GradientsParams, mut other: GradientsParams, model: &M) {
-    macro_rules! rank {
-        ($d:literal, $id:expr) => {{
-            if let Some(g) = other.remove::<$d>($id) {
-                let sum = match acc.remove::<$d>($id) {
+    for (id, rank) in ids(model) {
+        with_rank!(rank, D => {
+            if let Some(g) = other.remove::<D>(id) {
+                let sum = match acc.remove::<D>(id) {
                     Some(a) => a + g,
                     None => g,
                 };
-                acc.register::<$d>($id, sum);
+                acc.register::<D>(id, sum);
             }
-        }};
-    }
-    for (id, rank) in ids(model) {
-        match rank {
-            1 => rank!(1, id),
-            2 => rank!(2, id),
-            3 => rank!(3, id),
-            4 => rank!(4, id),
-            5 => rank!(5, id),
-            _ => rank!(6, id),
-        }
+        })
     }
 }
