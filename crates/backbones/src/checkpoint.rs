@@ -200,16 +200,7 @@ fn load_weights_of(model: Model, dir: &Path) -> Result<Model, LoadError> {
         .allow_partial(true)
         .validate(false);
     let result = model.load_from(&mut store).map_err(|e| io(&st, e))?;
-    let mut details = String::new();
-    for (missing, _) in &result.missing {
-        details.push_str(&format!("\n  missing from the file: {missing}"));
-    }
-    for unused in &result.unused {
-        details.push_str(&format!("\n  not in the model: {unused}"));
-    }
-    for error in &result.errors {
-        details.push_str(&format!("\n  {error}"));
-    }
+    let details = crate::diffusers::mismatch_details(&result);
     if details.is_empty() {
         Ok(model)
     } else {

@@ -350,6 +350,22 @@ fn remapper() -> KeyRemapper {
     .expect("the patterns are valid regular expressions")
 }
 
+/// What a weight file and a model disagree on: missing and unused tensors and shape errors,
+/// one per line (empty when they fit).
+pub(crate) fn mismatch_details(result: &burn::store::ApplyResult) -> String {
+    let mut details = String::new();
+    for (missing, _) in &result.missing {
+        details.push_str(&format!("\n  missing from the file: {missing}"));
+    }
+    for unused in &result.unused {
+        details.push_str(&format!("\n  not in the model: {unused}"));
+    }
+    for error in &result.errors {
+        details.push_str(&format!("\n  {error}"));
+    }
+    details
+}
+
 /// Loads weights into `model` from a diffusers safetensors file, checking that every tensor
 /// of the model is found with its shape and that the file has no others.
 pub fn load_weights<M: Module + ModuleSnapshot>(model: &mut M, path: &Path) -> Result<(), LoadError> {
@@ -368,16 +384,7 @@ pub fn load_weights<M: Module + ModuleSnapshot>(model: &mut M, path: &Path) -> R
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    let mut details = String::new();
-    for (missing, _) in &result.missing {
-        details.push_str(&format!("\n  missing from the file: {missing}"));
-    }
-    for unused in &result.unused {
-        details.push_str(&format!("\n  not in the model: {unused}"));
-    }
-    for error in &result.errors {
-        details.push_str(&format!("\n  {error}"));
-    }
+    let details = mismatch_details(&result);
     if details.is_empty() {
         Ok(())
     } else {

@@ -372,48 +372,26 @@ impl InceptionV3 {
             ));
         }
         let mut model = Self::new(device);
-        let safetensors = path.extension().is_some_and(|e| e == "safetensors");
-        let result = if safetensors {
-            let mut store = SafetensorsStore::from_file(path)
-                .with_from_adapter(PyTorchToBurnAdapter)
-                .remap(remapper())
-                .allow_partial(true)
-                .validate(false);
-            model.load_from(&mut store).map_err(|e| file_err(e.to_string()))?
+        let result = if path.extension().is_some_and(|e| e == "safetensors") {
+            model
+                .load_from(&mut safetensors(SafetensorsStore::from_file(path)))
+                .map_err(|e| e.to_string())
         } else {
             let mut store = PytorchStore::from_file(path)
                 .remap(remapper())
                 .allow_partial(true)
                 .validate(false);
-            model.load_from(&mut store).map_err(|e| file_err(e.to_string()))?
+            model.load_from(&mut store).map_err(|e| e.to_string())
         };
-        let missing: Vec<String> = result.missing.iter().map(|(k, _)| k.clone()).collect();
-        if !missing.is_empty() || !result.errors.is_empty() {
-            return Err(file_err(format!(
-                "not pytorch-fid's Inception weights: missing {missing:?}, errors {:?}",
-                result.errors
-            )));
-        }
+        complete(result).map_err(file_err)?;
         Ok(model)
     }
 
     /// Loads from the bytes of a safetensors file with pytorch-fid's tensor names.
     pub fn load_safetensors_bytes(device: &Device, bytes: Vec<u8>) -> Result<Self> {
         let mut model = Self::new(device);
-        let mut store = SafetensorsStore::from_bytes(Some(bytes))
-            .with_from_adapter(PyTorchToBurnAdapter)
-            .remap(remapper())
-            .allow_partial(true)
-            .validate(false);
-        let result = model
-            .load_from(&mut store)
-            .map_err(|e| MetricsError::Shape(e.to_string()))?;
-        if !result.missing.is_empty() || !result.errors.is_empty() {
-            return Err(MetricsError::Shape(format!(
-                "not pytorch-fid's Inception weights: missing {:?}, errors {:?}",
-                result.missing, result.errors
-            )));
-        }
+        let result = model.load_from(&mut safetensors(SafetensorsStore::from_bytes(Some(bytes))));
+        complete(result.map_err(|e| e.to_string())).map_err(MetricsError::Shape)?;
         Ok(model)
     }
 
@@ -464,6 +442,31 @@ impl InceptionV3 {
     /// pool3 features and logits of images in [0, 1] (`[n, 3, h, w]`, any size).
     pub fn forward(&self, images: Tensor<4>) -> InceptionOutput {
         self.forward_stages(Self::preprocess(images), |_, _| {})
+    }
+}
+
+/// A safetensors store with PyTorch's layouts and pytorch-fid's names.
+fn safetensors(store: SafetensorsStore) -> SafetensorsStore {
+    store
+        .with_from_adapter(PyTorchToBurnAdapter)
+        .remap(remapper())
+        .allow_partial(true)
+        .validate(false)
+}
+
+/// Refuses a load that left tensors missing or failed on shapes.
+fn complete(
+    result: std::result::Result<burn::store::ApplyResult, String>,
+) -> std::result::Result<(), String> {
+    let result = result?;
+    let missing: Vec<&String> = result.missing.iter().map(|(k, _)| k).collect();
+    if missing.is_empty() && result.errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "not pytorch-fid's Inception weights: missing {missing:?}, errors {:?}",
+            result.errors
+        ))
     }
 }
 
