@@ -286,3 +286,213 @@ fn sdedit_keeps_the_data_distribution_and_matches_diffusers_img2img_steps() {
         );
     }
 }
+
+#[test]
+fn cfg_plus_plus_renoises_with_the_unconditional_estimate() {
+    use diffusion_samplers::{CfgPlusPlus, Ddim, successive_steps};
+    use diffusion_schedules::{DiscreteSchedule, TimestepSpacing, timesteps};
+    let m = gmm2d();
+    let groups = classes(&m);
+    let cond = m.restricted(&groups[1]).unwrap();
+    let schedule = DiscreteSchedule::linear(1000, 1e-4, 0.02).unwrap();
+    let steps = successive_steps(
+        &schedule,
+        &timesteps(1000, 50, TimestepSpacing::Leading, 1).unwrap(),
+    );
+    let tol = if f64_only() { 1e-10 } else { 1e-4 };
+    let n = 400;
+    let x = points(n, 1.0);
+    let mut noise = SampleNoise::range(0, 0..n as u64);
+    let ddim = |d: &dyn Denoiser| {
+        Ddim::new(steps.clone(), 0.0)
+            .sample(d, x.clone(), &mut SampleNoise::range(0, 0..n as u64))
+            .unwrap()
+            .x
+    };
+    let pp = |uncond: &dyn Denoiser, c: &dyn Denoiser, lambda: f64, noise: &mut SampleNoise| {
+        CfgPlusPlus {
+            steps: steps.clone(),
+            uncond,
+            lambda,
+        }
+        .sample(c, x.clone(), noise)
+    };
+    // λ = 0 is unconditional DDIM; equal models are DDIM whatever λ.
+    assert!(max_abs(&pp(&m, &cond, 0.0, &mut noise).unwrap().x, &ddim(&m)) < tol);
+    assert!(max_abs(&pp(&cond, &cond, 0.7, &mut noise).unwrap().x, &ddim(&cond)) < tol);
+
+    // One step on Gaussians, against the closed form of Algorithm 1: x̂₀ from the guided
+    // denoiser, the direction from the unconditional one. For N(μ, s²I),
+    // D(x) = μ + α s² (x − α μ)/(α² s² + σ²).
+    let (mu_u, mu_c, s) = (0.5, -1.0, 0.7);
+    let gauss = |mu: f64| GaussianMixture::new(vec![1.0], vec![vec![mu, mu]], vec![s]).unwrap();
+    let (gu, gc) = (gauss(mu_u), gauss(mu_c));
+    let step = steps[10];
+    let (a, a_prev) = (step.alpha_bar.sqrt(), step.alpha_bar_prev.sqrt());
+    let sigma = (1.0 - step.alpha_bar).sqrt();
+    let d = |mu: f64, x: f64| mu + a * s * s * (x - a * mu) / (a * a * s * s + sigma * sigma);
+    let lambda = 0.6;
+    let x1 = points(8, 1.0);
+    let expected: Vec<f64> = to_f64(&x1)
+        .into_iter()
+        .map(|xi| {
+            let (du, dc) = (d(mu_u, xi), d(mu_c, xi));
+            let guided = du + lambda * (dc - du);
+            a_prev * guided + (1.0 - a_prev * a_prev).sqrt() * (xi - a * du) / sigma
+        })
+        .collect();
+    let one = CfgPlusPlus {
+        steps: vec![step],
+        uncond: &gu,
+        lambda,
+    }
+    .sample(&gc, x1, &mut SampleNoise::range(0, 0..8))
+    .unwrap();
+    let err = to_f64(&one.x)
+        .iter()
+        .zip(&expected)
+        .map(|(p, q)| (p - q).abs())
+        .fold(0.0, f64::max);
+    assert!(err < tol, "one step: {err}");
+    assert_eq!(one.nfe, 2);
+
+    // λ = 1 lands in the condition's class (exact classifier at the data end), with 2 NFE a step.
+    let noise_init = SampleNoise::range(9, 0..n as u64).normal_tensor(n, 2, &device(), best_dtype(&device()));
+    let out = CfgPlusPlus {
+        steps: steps.clone(),
+        uncond: &m,
+        lambda: 1.0,
+    }
+    .sample(&cond, noise_init, &mut noise)
+    .unwrap();
+    assert_eq!(out.nfe, 2 * steps.len());
+    let post = to_f64(&m.class_log_posterior(out.x, NoiseLevel::ve(0.01), &groups));
+    let in_class = post.chunks(2).filter(|r| r[1].exp() > 0.5).count() as f64 / n as f64;
+    assert!(in_class > 0.97, "{in_class}");
+    assert!(
+        pp(&m, &cond, 1.5, &mut noise)
+            .unwrap_err()
+            .to_string()
+            .contains("[0, 1]")
+    );
+}
+
+#[test]
+fn a_noise_conditional_classifier_trained_by_the_objective_guides_sampling() {
+    use diffusion_backbones::MlpConfig;
+    use diffusion_ddpm::{ForwardProcess, NoisyClassifierLoss, UniformTimesteps, cross_entropy};
+    use diffusion_samplers::{DiscreteModel, NoisyClassifier, TimestepInterpolation};
+    use diffusion_schedules::DiscreteSchedule;
+    use diffusion_train::{TrainConfig, train};
+    let m = gmm2d();
+    let groups = classes(&m);
+    let device = device().autodiff();
+    let dtype = burn::tensor::DType::F32;
+    let schedule = DiscreteSchedule::linear(1000, 1e-4, 0.02).unwrap();
+    let objective = NoisyClassifierLoss::new(ForwardProcess::new(schedule.clone()));
+    let net = MlpConfig::new(2)
+        .with_out_dim(Some(2))
+        .with_hidden(64)
+        .with_blocks(2)
+        .with_time_scale(1.0)
+        .init(&device);
+    // Labelled data: class 0 is component 0 (around x = −2, s = 0.3), class 1 the other two
+    // (x ≥ 0.4 within 4 s): the first coordinate tells them apart.
+    let class_of = |x: &[f64]| -> usize { usize::from(x[0] > -0.5) };
+    let batch = 256;
+    let mut config = TrainConfig::new();
+    config.steps = 400;
+    config.lr = 3e-3;
+    config.warmup_steps = 20;
+    let (net, log) = train(
+        net,
+        &config,
+        |net, step| {
+            let rows = m.sample_host(100 + step as u64, 0..batch as u64);
+            let labels: Vec<usize> = rows.chunks(2).map(class_of).collect();
+            let mut rng = diffusion_core::noise::sample_rng(7, step as u64);
+            let t = UniformTimesteps { num_timesteps: 1000 }.sample(&mut rng, batch);
+            let noise = SampleNoise::range(200 + step as u64, 0..batch as u64)
+                .normal_tensor(batch, 2, &device, dtype);
+            let x0 = tensor2(rows, batch, &device, dtype);
+            objective
+                .loss(|x, t| net.forward(x, t), x0, &labels, &t, noise)
+                .unwrap()
+        },
+        |_| {},
+    )
+    .unwrap();
+    let (first, last) = (log.first().unwrap().loss, log.last().unwrap().loss);
+    // The loss cannot fall far: at large t the classes are indistinguishable (ln 2 nats).
+    assert!(last < first, "loss {first} → {last}");
+
+    // The trained classifier is close to the exact noisy classifier over the noise levels
+    // that matter (mean KL over noisy samples).
+    let classifier = NoisyClassifier {
+        net: |x: Tensor<2>, t: Tensor<1>| net.forward(x, t),
+        schedule: schedule.clone(),
+        labels: vec![1],
+    };
+    let mut kl_total = 0.0;
+    for t in [50usize, 200, 400, 600] {
+        let ab = schedule.alphas_cumprod()[t];
+        let level = NoiseLevel::vp(ab).with_timestep(t as f64);
+        let x0 = tensor2(m.sample_host(999, 0..512), 512, &device, dtype);
+        let z = SampleNoise::range(998, 0..512).normal_tensor(512, 2, &device, dtype);
+        let x = x0.mul_scalar(ab.sqrt()) + z.mul_scalar((1.0 - ab).sqrt());
+        let ours = to_f64(&classifier.log_probs(x.clone(), level));
+        let exact = to_f64(&m.class_log_posterior(x, level, &groups));
+        let kl: f64 = exact
+            .chunks(2)
+            .zip(ours.chunks(2))
+            .map(|(p, q)| (0..2).map(|c| p[c].exp() * (p[c] - q[c])).sum::<f64>())
+            .sum::<f64>()
+            / 512.0;
+        kl_total += kl;
+        assert!(kl < 0.05, "t = {t}: KL(exact ‖ trained) = {kl}");
+    }
+    println!("mean KL(exact ‖ trained classifier) {:.4}", kl_total / 4.0);
+
+    // Guiding the unconditional model with it puts the samples in class 1.
+    let denoiser = DiscreteModel::new(
+        m.discrete_model(
+            &schedule,
+            diffusion_ddpm::Prediction::Epsilon,
+            TimestepInterpolation::Sigma,
+        ),
+        schedule.clone(),
+        diffusion_ddpm::Prediction::Epsilon,
+    );
+    let guided = ClassifierGuidance {
+        base: &denoiser,
+        grad_log_p: |x: Tensor<2>, level: NoiseLevel| classifier.grad_log_prob(x, level),
+        scale: 1.0,
+    };
+    let n = 300;
+    let sampler = diffusion_samplers::Ddpm::new(diffusion_samplers::successive_steps(
+        &schedule,
+        &diffusion_schedules::timesteps(1000, 100, diffusion_schedules::TimestepSpacing::Leading, 1).unwrap(),
+    ));
+    let mut noise = SampleNoise::range(31, 0..n as u64);
+    let x = noise.normal_tensor(n, 2, &device, dtype);
+    let out = sampler.sample(&guided, x, &mut noise).unwrap();
+    let rows = to_f64(&out.x);
+    let share = rows.chunks(2).filter(|r| class_of(r) == 1).count() as f64 / n as f64;
+    println!("classifier-guided samples in class 1: {share:.3} (prior mass 0.5)");
+    assert!(share > 0.9, "{share}");
+
+    // Bad labels are errors.
+    let logits = Tensor::<2>::zeros([2, 3], (&device, dtype));
+    assert!(cross_entropy(logits.clone(), &[0]).is_err());
+    assert!(
+        cross_entropy(logits.clone(), &[0, 3])
+            .unwrap_err()
+            .to_string()
+            .contains("label 3")
+    );
+    let value = to_f64(&cross_entropy(logits, &[0, 2]).unwrap())[0];
+    assert!(
+        (value - 3f64.ln()).abs() < 1e-6,
+        "uniform logits: ln 3, got {value}"
+    );
+}

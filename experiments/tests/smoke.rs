@@ -298,3 +298,44 @@ fn shapes_trains_in_bf16_mixed_precision() {
     assert!(metrics["final_loss"].as_f64().unwrap().is_finite(), "{metrics}");
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn guidance2d_smoke_writes_its_run_folder() {
+    let out = std::env::temp_dir().join(format!("guidance2d-smoke-{}", std::process::id()));
+    let result = run(
+        env!("CARGO_BIN_EXE_guidance2d"),
+        &["--smoke", "--out", out.to_str().unwrap()],
+    );
+    assert!(
+        result.status.success(),
+        "{}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    for file in [
+        "config.toml",
+        "metrics.json",
+        "table.md",
+        "cfg.png",
+        "classifier.png",
+        "cfgpp.png",
+        "inpainting.png",
+    ] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    for method in ["replacement", "RePaint", "SMCDiff"] {
+        assert!(
+            metrics["inpainting"][method]["w1_to_exact"]
+                .as_f64()
+                .unwrap()
+                .is_finite(),
+            "{metrics}"
+        );
+    }
+    assert!(
+        metrics["classifier_free"][1]["in_class"].as_f64().unwrap() > 0.9,
+        "{metrics}"
+    );
+    std::fs::remove_dir_all(&out).unwrap();
+}

@@ -23,8 +23,12 @@ use crate::init::SeededInit;
 /// Configuration of an [`Mlp`].
 #[derive(Config, Debug)]
 pub struct MlpConfig {
-    /// Dimension of the data (input and output).
+    /// Dimension of the data (the input, and the output unless `out_dim` is set).
     pub data_dim: usize,
+    /// Dimension of the output when it is not the data's (e.g. the logits of a noise-
+    /// conditional classifier).
+    #[config(default = "None")]
+    pub out_dim: Option<usize>,
     /// Width of the hidden layers.
     #[config(default = 256)]
     pub hidden: usize,
@@ -144,7 +148,7 @@ impl MlpConfig {
                 })
                 .collect(),
             out_norm: layer_norm(h, device),
-            output: linear(h, self.data_dim),
+            output: linear(h, self.out_dim.unwrap_or(self.data_dim)),
             time_embed_dim: e,
             time_scale: self.time_scale,
         }

@@ -9,7 +9,9 @@
 //! - [`download`]: downloads on first use, checked against the published MD5s, with an error
 //!   offline that says where to place the files;
 //! - [`loader`]: deterministic shuffled batches with horizontal flips and scaling to [−1, 1],
-//!   prepared on a background thread.
+//!   prepared on a background thread;
+//! - [`resample`]: Lanczos resizing (Pillow's `LANCZOS`), the super-resolution baseline and the
+//!   maker of low-resolution conditioning inputs.
 //!
 //! The Gaussian-mixture oracle (`diffusion_samplers::GaussianMixture`) samples itself.
 
@@ -20,6 +22,7 @@ pub mod folder;
 pub mod images;
 pub mod loader;
 pub mod mnist;
+pub mod resample;
 pub mod shapes;
 pub mod toy2d;
 
@@ -30,5 +33,6 @@ pub use folder::load_image_folder;
 pub use images::ImageSet;
 pub use loader::{DataLoader, HostBatch, LoaderConfig, Prefetch};
 pub use mnist::{MnistKind, load_mnist, read_idx};
+pub use resample::{lanczos_matrix, lanczos_resize, lanczos3};
 pub use shapes::shapes;
 pub use toy2d::Toy2d;

@@ -45,6 +45,17 @@ pub enum DdpmError {
         /// What is wrong.
         reason: String,
     },
+    /// A conditioning augmentation that cannot be built.
+    #[error("invalid conditioning augmentation: {0}")]
+    InvalidAugmentation(String),
+    /// A class label outside the classifier's classes.
+    #[error("class label {label} is outside the classifier's {classes} classes (0 ..= {})", classes - 1)]
+    LabelOutOfRange {
+        /// The label.
+        label: usize,
+        /// The number of classes.
+        classes: usize,
+    },
     /// A prediction name we do not know.
     #[error("unknown prediction type `{0}`: expected epsilon, sample, v_prediction or score")]
     UnknownPrediction(String),

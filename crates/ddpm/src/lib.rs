@@ -12,8 +12,11 @@
 //! - [`weighting`]: min-SNR-γ, P2, SNR and EDM weightings in any prediction space;
 //! - [`vlb`]: the variational bound term by term, in bits per dimension;
 //! - [`timesteps`]: uniform and loss-aware (importance) timestep samplers;
-//! - [`respace`]: Improved DDPM's timestep respacing for faster sampling.
+//! - [`respace`]: Improved DDPM's timestep respacing for faster sampling;
+//! - [`classifier`]: the noisy-classifier objective of classifier guidance;
+//! - [`super_resolution`]: cascaded super-resolution inputs with noise-conditioning augmentation.
 
+pub mod classifier;
 pub mod clip;
 pub mod error;
 pub mod forward;
@@ -21,11 +24,13 @@ pub mod loss;
 pub mod parameterization;
 pub mod posterior;
 pub mod respace;
+pub mod super_resolution;
 pub mod timesteps;
 pub mod variance;
 pub mod vlb;
 pub mod weighting;
 
+pub use classifier::{NoisyClassifierLoss, cross_entropy};
 pub use clip::X0Clip;
 pub use error::DdpmError;
 pub use forward::ForwardProcess;
@@ -33,6 +38,7 @@ pub use loss::{DdpmLoss, LossTerms, LossType, SimpleLoss, offset_noise};
 pub use parameterization::Prediction;
 pub use posterior::Posterior;
 pub use respace::{Respaced, space_timesteps};
+pub use super_resolution::{ConditioningAugmentation, concat_conditioning};
 pub use timesteps::{LossAwareTimesteps, TimestepSampler, UniformTimesteps};
 pub use variance::{ModelVariance, split_variance_head};
 pub use vlb::{Decoder, Vlb, VlbReport};

@@ -153,11 +153,7 @@ where
 
     /// The timestep the model is evaluated at for `level`.
     pub fn timestep(&self, level: &NoiseLevel) -> f64 {
-        match level.timestep {
-            Some(t) => t,
-            None if self.quantize => self.schedule.sigma_to_t_quantized(level.ve_sigma()) as f64,
-            None => self.schedule.sigma_to_t(level.ve_sigma()),
-        }
+        model_timestep(&self.schedule, level, self.quantize)
     }
 }
 
@@ -182,6 +178,17 @@ where
             (out, None)
         };
         (self.prediction.to_x0(mean, x_t, &[vp.alpha], &[vp.sigma]), head)
+    }
+}
+
+/// The timestep at which a network trained on `schedule` is evaluated for `level`: the
+/// sampler's own where it names one, else recovered from σ/α by interpolation in log σ
+/// (rounded to the nearest training timestep with `quantize`).
+pub fn model_timestep(schedule: &DiscreteSchedule, level: &NoiseLevel, quantize: bool) -> f64 {
+    match level.timestep {
+        Some(t) => t,
+        None if quantize => schedule.sigma_to_t_quantized(level.ve_sigma()) as f64,
+        None => schedule.sigma_to_t(level.ve_sigma()),
     }
 }
 

@@ -131,3 +131,51 @@ where
         }
     }
 }
+
+/// A noise-conditional classifier p_φ(c | x_t, t) trained on a discrete VP schedule (Dhariwal &
+/// Nichol 2021, §4.1; trained with `diffusion_ddpm::NoisyClassifierLoss`), called as
+/// `net(x_t, t) → logits [n, classes]`, and the labels to guide towards. Its
+/// [`grad_log_prob`](Self::grad_log_prob) is the `grad_log_p` of [`ClassifierGuidance`].
+/// The network's parameters must live on an autodiff device (`device.autodiff()`), as the
+/// gradient is taken by reverse mode.
+pub struct NoisyClassifier<F> {
+    /// The classifier network.
+    pub net: F,
+    /// The schedule it was trained on (for the timestep of a noise level).
+    pub schedule: diffusion_schedules::DiscreteSchedule,
+    /// The label of each sample (cycled over the batch: one label guides every sample).
+    pub labels: Vec<usize>,
+}
+
+impl<F> NoisyClassifier<F>
+where
+    F: Fn(Tensor<2>, Tensor<1>) -> Tensor<2>,
+{
+    /// log p_φ(c | x) for every class, `[n, classes]`, at the samples `x` of `level` (in the
+    /// level's coordinates, x = s·x_t).
+    pub fn log_probs(&self, x: Tensor<2>, level: NoiseLevel) -> Tensor<2> {
+        let [n, _] = x.dims();
+        let t = crate::denoiser::model_timestep(&self.schedule, &level, false);
+        let t = diffusion_core::tensor::from_f64_like(vec![t; n], [n], &x);
+        burn::tensor::activation::log_softmax((self.net)(x.div_scalar(level.scale()), t), 1)
+    }
+
+    /// ∇ₓ log p_φ(cᵢ | xᵢ) for each sample's label, `[n, d]`, by one reverse pass.
+    pub fn grad_log_prob(&self, x: Tensor<2>, level: NoiseLevel) -> Tensor<2> {
+        let input = x.clone().without_autodiff().autodiff().require_grad();
+        let log_probs = self.log_probs(input.clone(), level);
+        let [n, classes] = log_probs.dims();
+        let picked = one_hot(&self.labels, n, classes, &log_probs);
+        let grads = (log_probs * picked).sum().backward();
+        input.grad(&grads).unwrap_or_else(|| x.zeros_like())
+    }
+}
+
+/// Row i is the indicator of `labels[i % len]`, `[n, classes]`, like `like`.
+fn one_hot(labels: &[usize], n: usize, classes: usize, like: &Tensor<2>) -> Tensor<2> {
+    let values: Vec<f64> = (0..n)
+        .flat_map(|i| (0..classes).map(move |k| (i, k)))
+        .map(|(i, k)| f64::from(u8::from(!labels.is_empty() && labels[i % labels.len()] == k)))
+        .collect();
+    diffusion_core::tensor::from_f64_like(values, [n, classes], like)
+}

@@ -21,9 +21,13 @@
 //!   Euler), with the flow views of [`flow`];
 //! - [`sde`]: SDEs and Euler–Maruyama, with the reverse VE SDE as a sampler;
 //! - [`pndm`] (PRK/PLMS) and [`unipc`] (UniPC bh1/bh2 predictor–corrector);
+//! - guidance and editing: [`guidance`] (classifier and classifier-free guidance as
+//!   denoisers), [`cfg_pp`] (CFG++), [`inpaint`] (replacement and RePaint),
+//!   [`smc_inpaint`] (SMCDiff, exact as particles grow), [`sdedit`];
 //! - [`diffusers`]: a diffusers `scheduler_config.json` mapped onto these samplers, exactly.
 
 pub mod ancestral;
+pub mod cfg_pp;
 pub mod cnf;
 pub mod ddim;
 pub mod ddim_inversion;
@@ -36,6 +40,7 @@ pub mod dpm_solver;
 pub mod edm;
 pub mod flow;
 pub mod guidance;
+pub mod inpaint;
 pub mod level;
 pub mod lms;
 pub mod ode;
@@ -46,23 +51,26 @@ pub mod sampler;
 pub mod sde;
 pub mod sdedit;
 pub mod single_step;
+pub mod smc_inpaint;
 pub mod unipc;
 pub mod ve;
 pub mod vp_step;
 
 pub use ancestral::AncestralSampler;
+pub use cfg_pp::CfgPlusPlus;
 pub use cnf::{DivergenceField, LogDensityChange, integrate_log_density};
 pub use ddim::Ddim;
 pub use ddim_inversion::{DdimInversion, InversionEval, InversionStep};
 pub use ddpm::{Ddpm, VarianceType};
-pub use denoiser::{Clipped, Counted, Denoiser, DiscreteModel};
+pub use denoiser::{Clipped, Counted, Denoiser, DiscreteModel, model_timestep};
 pub use diffusers::{DiffusersError, DiffusersScheduler, ModelForm, Plan, SchedulerClass, StepOptions};
 pub use divergence::{Probe, exact_divergence, hutchinson_divergence, vector_jacobian};
 pub use dpm_multistep::{DpmAlgorithm, DpmDialect, DpmMultistep, SolverType};
 pub use dpm_solver::{DpmSolverAdaptive, DpmSolverFast};
 pub use edm::EdmSampler;
 pub use flow::{FlowConvention, FlowModel, velocity};
-pub use guidance::{ClassifierFree, ClassifierGuidance, batched_cfg};
+pub use guidance::{ClassifierFree, ClassifierGuidance, NoisyClassifier, batched_cfg};
+pub use inpaint::{KnownRegion, RePaint, UndoRule, repaint_path};
 pub use level::NoiseLevel;
 pub use lms::Lms;
 pub use ode::{Dopri5, FixedStep, OdeError, OdeStats, OdeSystem};
@@ -73,6 +81,7 @@ pub use sampler::{Observer, SampleError, SampleOutput, Sampler, WithClippedDenoi
 pub use sde::{EulerMaruyama, ReverseVeSde, SdeSystem, euler_maruyama_step};
 pub use sdedit::{img2img_timesteps, noise_to};
 pub use single_step::OdeMethod;
+pub use smc_inpaint::SmcInpainting;
 pub use unipc::{UniPc, UniPcVariant};
 pub use ve::{Churn, InVpCoordinates, VeGrid, ancestral_step};
 pub use vp_step::{VpStep, successive_steps};

@@ -165,6 +165,74 @@ impl GaussianMixture {
         out
     }
 
+    /// Exact samples of x₀ given its known part: B x₀ = `values` for orthonormal rows `basis`
+    /// (B, `[m][d]`; unit vectors eᵢ for inpainting coordinates, (1, …, 1)/√d for a grey
+    /// level). Each component being isotropic, B x₀ and (I − BᵀB) x₀ are independent within
+    /// it, so the conditional is the mixture with weights ∝ πₖ N(v; B μₖ, sₖ² I) of
+    /// Bᵀv + (I − BᵀB)(μₖ + sₖ z). Rows `[len, d]`, per-sample streams of `seed`.
+    pub fn sample_conditional_host(
+        &self,
+        basis: &[Vec<f64>],
+        values: &[f64],
+        seed: u64,
+        range: std::ops::Range<u64>,
+    ) -> Result<Vec<f64>, OracleError> {
+        let d = self.dim();
+        let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
+        let orthonormal = basis.iter().enumerate().all(|(i, a)| {
+            a.len() == d
+                && basis
+                    .iter()
+                    .enumerate()
+                    .all(|(j, b)| (dot(a, b) - f64::from(u8::from(i == j))).abs() < 1e-9)
+        });
+        if !orthonormal || basis.len() != values.len() || basis.len() >= d {
+            return Err(OracleError::Invalid(format!(
+                "conditioning needs fewer than {d} orthonormal rows of length {d}, one value each; \
+                 got {} rows and {} values",
+                basis.len(),
+                values.len()
+            )));
+        }
+        let project = |x: &[f64]| -> Vec<f64> {
+            // (I − BᵀB) x + Bᵀ v
+            let mut out = x.to_vec();
+            for (b, v) in basis.iter().zip(values) {
+                let c = dot(b, x);
+                out.iter_mut().zip(b).for_each(|(o, bi)| *o += (v - c) * bi);
+            }
+            out
+        };
+        let log_w: Vec<f64> = (0..self.components())
+            .map(|k| {
+                let s2 = self.stds[k] * self.stds[k];
+                let sq: f64 = basis
+                    .iter()
+                    .zip(values)
+                    .map(|(b, v)| (v - dot(b, &self.means[k])).powi(2))
+                    .sum();
+                self.weights[k].ln()
+                    - 0.5 * basis.len() as f64 * (2.0 * std::f64::consts::PI * s2).ln()
+                    - sq / (2.0 * s2)
+            })
+            .collect();
+        let max = log_w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = log_w.iter().map(|l| (l - max).exp()).collect();
+        let total: f64 = w.iter().sum();
+        // Components whose weight underflows to 0 are dropped.
+        let kept: Vec<usize> = (0..w.len()).filter(|&k| w[k] > 0.0).collect();
+        let conditional = Self::new(
+            kept.iter().map(|&k| w[k] / total).collect(),
+            kept.iter().map(|&k| self.means[k].clone()).collect(),
+            kept.iter().map(|&k| self.stds[k]).collect(),
+        )?;
+        Ok(conditional
+            .sample_host(seed, range)
+            .chunks(d)
+            .flat_map(project)
+            .collect())
+    }
+
     /// Per-sample α and σ as `[n, 1]` tensors like `x`.
     fn coefs(x: &Tensor<2>, alpha: &[f64], sigma: &[f64]) -> (Tensor<2>, Tensor<2>) {
         let n = x.dims()[0];

@@ -22,6 +22,7 @@ pub mod likelihood;
 pub mod ncsn;
 pub mod objectives;
 pub mod pc;
+pub mod pc_conditional;
 pub mod reverse;
 pub mod score_fn;
 pub mod score_sde_ve;
@@ -40,6 +41,7 @@ pub use objectives::{
     sde_score_matching, sliced_score_matching,
 };
 pub use pc::{Corrector, PcSampler, Predictor};
+pub use pc_conditional::ConditionalPc;
 pub use reverse::{ProbabilityFlowOde, ReverseSde};
 pub use score_fn::{DenoiserScore, ScoreFn};
 pub use score_sde_ve::{ScoreSdeVeConfig, ScoreSdeVeError};

@@ -124,46 +124,72 @@ pub fn scatter(
     size: (u32, u32),
     range: Option<((f64, f64), (f64, f64))>,
 ) -> Result<()> {
+    scatter_panels(path, &[ScatterPanel { title, clouds }], size, range)
+}
+
+/// One panel of [`scatter_panels`].
+#[derive(Clone, Copy, Debug)]
+pub struct ScatterPanel<'a> {
+    /// The panel's title.
+    pub title: &'a str,
+    /// Its point clouds.
+    pub clouds: &'a [Points<'a>],
+}
+
+/// Draws panels of point clouds in one row, each `panel` pixels, on common axes `range` (or
+/// the range of all points).
+pub fn scatter_panels(
+    path: &Path,
+    panels: &[ScatterPanel<'_>],
+    panel: (u32, u32),
+    range: Option<((f64, f64), (f64, f64))>,
+) -> Result<()> {
     register_font();
-    let ((x0, x1), (y0, y1)) = range.unwrap_or_else(|| {
-        let xs = clouds.iter().flat_map(|c| c.xy.chunks_exact(2).map(|p| p[0]));
-        let ys = clouds.iter().flat_map(|c| c.xy.chunks_exact(2).map(|p| p[1]));
-        (padded(xs), padded(ys))
-    });
-    let root = BitMapBackend::new(path, size).into_drawing_area();
+    let all = || {
+        panels
+            .iter()
+            .flat_map(|p| p.clouds.iter().flat_map(|c| c.xy.chunks_exact(2)))
+    };
+    let ((x0, x1), (y0, y1)) =
+        range.unwrap_or_else(|| (padded(all().map(|p| p[0])), padded(all().map(|p| p[1]))));
+    let width = panel.0 * panels.len().max(1) as u32;
+    let root = BitMapBackend::new(path, (width, panel.1)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(path, e))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(40)
-        .build_cartesian_2d(x0..x1, y0..y1)
-        .map_err(|e| err(path, e))?;
-    chart
-        .configure_mesh()
-        .light_line_style(WHITE)
-        .draw()
-        .map_err(|e| err(path, e))?;
-    for cloud in clouds {
-        let color = rgb(cloud.color);
-        let points = cloud
-            .xy
-            .chunks_exact(2)
-            .filter(|p| p[0].is_finite() && p[1].is_finite())
-            .map(move |p| Circle::new((p[0], p[1]), 1, color.mix(0.5).filled()));
+    let areas = root.split_evenly((1, panels.len().max(1)));
+    for (area, p) in areas.iter().zip(panels) {
+        let mut chart = ChartBuilder::on(area)
+            .caption(p.title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(30)
+            .y_label_area_size(40)
+            .build_cartesian_2d(x0..x1, y0..y1)
+            .map_err(|e| err(path, e))?;
         chart
-            .draw_series(points)
-            .map_err(|e| err(path, e))?
-            .label(cloud.label)
-            .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
+            .configure_mesh()
+            .light_line_style(WHITE)
+            .draw()
+            .map_err(|e| err(path, e))?;
+        for cloud in p.clouds {
+            let color = rgb(cloud.color);
+            let points = cloud
+                .xy
+                .chunks_exact(2)
+                .filter(|p| p[0].is_finite() && p[1].is_finite())
+                .map(move |p| Circle::new((p[0], p[1]), 1, color.mix(0.5).filled()));
+            chart
+                .draw_series(points)
+                .map_err(|e| err(path, e))?
+                .label(cloud.label)
+                .legend(move |(x, y)| Circle::new((x, y), 4, color.filled()));
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(|e| err(path, e))?;
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(|e| err(path, e))?;
     root.present().map_err(|e| err(path, e))
 }
 
