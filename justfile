@@ -55,6 +55,7 @@ fixtures python="python3":
     {{python}} scripts/fixtures/flow.py
     {{python}} scripts/fixtures/inception.py
     {{python}} scripts/fixtures/fid.py
+    {{python}} scripts/fixtures/guidance.py
 
 # Everything CI runs.
 ci:

@@ -379,6 +379,9 @@ fn cfg_plus_plus_renoises_with_the_unconditional_estimate() {
 
 #[test]
 fn a_noise_conditional_classifier_trained_by_the_objective_guides_sampling() {
+    if !diffusion_tests::run_training_tests() {
+        return;
+    }
     use diffusion_backbones::MlpConfig;
     use diffusion_ddpm::{ForwardProcess, NoisyClassifierLoss, UniformTimesteps, cross_entropy};
     use diffusion_samplers::{DiscreteModel, NoisyClassifier, TimestepInterpolation};

@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod diffusers;
 pub mod dit;
 pub mod embedding;
+pub mod flops;
 pub mod init;
 pub mod mlp;
 pub mod ops;

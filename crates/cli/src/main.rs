@@ -57,6 +57,9 @@ enum Command {
     Likelihood(LikelihoodArgs),
     /// FID (and the Inception Score) of image samples with pytorch-fid's Inception network.
     Fid(evaluate::FidArgs),
+    /// Throughput: a backbone's training step or forward pass, or each sampler's per-step
+    /// overhead (`diffusion bench train --model ddpm-cifar10 --batch 8`).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(Args)]
@@ -272,6 +275,7 @@ pub(crate) struct SampleArgs {
     oracle_form: Option<String>,
 }
 
+mod bench;
 mod evaluate;
 mod model_sample;
 
@@ -290,6 +294,7 @@ fn main() -> ExitCode {
         Command::Likelihood(args) => likelihood(&args),
         Command::ModelInfo(args) => model_sample::model_info(&args),
         Command::Fid(args) => evaluate::fid(&args),
+        Command::Bench(args) => bench::bench(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -242,6 +242,10 @@ pub(crate) fn model_info(args: &ModelInfoArgs) -> Result<()> {
             );
         }
     }
+    println!(
+        "forward: {:.2} GFLOP per sample (2 × multiply–accumulates of convolutions, linear layers and attention products)",
+        config.forward_flops() / 1e9
+    );
     Ok(())
 }
 

@@ -38,7 +38,7 @@ pub use loss::{DdpmLoss, LossTerms, LossType, SimpleLoss, offset_noise};
 pub use parameterization::Prediction;
 pub use posterior::Posterior;
 pub use respace::{Respaced, space_timesteps};
-pub use super_resolution::{ConditioningAugmentation, concat_conditioning};
+pub use super_resolution::{ConditioningAugmentation, concat_conditioning, conditioned_network};
 pub use timesteps::{LossAwareTimesteps, TimestepSampler, UniformTimesteps};
 pub use variance::{ModelVariance, split_variance_head};
 pub use vlb::{Decoder, Vlb, VlbReport};

@@ -109,3 +109,25 @@ pub fn concat_conditioning(x_t: Tensor<4>, conditioning: Tensor<4>) -> Result<Te
     }
     Ok(Tensor::cat(vec![x_t, conditioning], 1))
 }
+
+/// The super-resolution network as a network of flattened samples, for a sampler: `net(input,
+/// t)` takes `[n, c + c_z, h, w]` inputs; the result maps x_t `[n, c·h·w]` (flattened
+/// channel-first) and timesteps to the network's output, flattened, with the fixed
+/// (upsampled, possibly augmented) `conditioning` `[n, c_z, h, w]` concatenated to every call.
+/// Wrap it in `diffusion_samplers::DiscreteModel` to sample with any sampler.
+pub fn conditioned_network<'a, F>(
+    net: F,
+    conditioning: Tensor<4>,
+    channels: usize,
+) -> impl Fn(Tensor<2>, Tensor<1>) -> Tensor<2> + 'a
+where
+    F: Fn(Tensor<4>, Tensor<1>) -> Tensor<4> + 'a,
+{
+    move |x: Tensor<2>, t: Tensor<1>| {
+        let [n, _, h, w] = conditioning.dims();
+        let x_t = x.reshape([n, channels, h, w]);
+        let out = net(Tensor::cat(vec![x_t, conditioning.clone()], 1), t);
+        let features = out.shape().num_elements() / n;
+        out.reshape([n, features])
+    }
+}

@@ -1,0 +1,335 @@
+//! `diffusion bench`: throughput of a backbone's training step and of its forward pass, and the
+//! per-step cost of every sampler beyond its model. Each measurement runs `--warmup` untimed
+//! iterations, then `--iters` timed ones, each ended by a device sync; it prints the median
+//! (with the minimum and maximum), images per second, the achieved GFLOP/s from the model's
+//! FLOP count (`ModelConfig::forward_flops`; a training step counted as 3 forward passes) and
+//! the process's peak resident memory during the measurement (Linux). Nothing here asserts a
+//! speed: it reports.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use clap::{Args, Subcommand};
+use diffusion_backbones::{Backbone, Conditioning, Model, ModelConfig, preset};
+use diffusion_cli::{CliError, Result, SamplerOptions};
+use diffusion_core::DeviceSpec;
+use diffusion_core::noise::{NoiseSource, SampleNoise};
+use diffusion_samplers::{Denoiser, NoiseLevel};
+use serde_json::json;
+
+#[derive(Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    kind: BenchKind,
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// One training step: forward, backward of the ε-MSE, AdamW.
+    Train(ModelBench),
+    /// Forward passes without an autodiff tape (the cost of one sampler step).
+    Sample(ModelBench),
+    /// Each sampler's time per step beyond its model, on the standard-normal oracle
+    /// D(x, σ) = α x/(α² + σ²) (exact for N(0, I) data, and nearly free).
+    Samplers(SamplerBench),
+}
+
+#[derive(Args)]
+struct ModelBench {
+    /// A preset: ddpm-cifar10, adm-cifar10, dit-s-2, … (`diffusion model-info NAME`).
+    #[arg(long, default_value = "ddpm-cifar10")]
+    model: String,
+    /// Images per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Timed iterations (the median is reported).
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Untimed iterations first (allocation, autotuning, caches).
+    #[arg(long, default_value_t = 1)]
+    warmup: usize,
+    /// Backend: flex, ndarray, wgpu, cuda (optionally with `:index`), as compiled in.
+    #[arg(long, default_value = "flex")]
+    backend: DeviceSpec,
+    /// For a DiT preset: the image channels (3 for 32×32 RGB images rather than the preset's
+    /// 4 latent channels); the output has twice as many (learned Σ).
+    #[arg(long)]
+    in_channels: Option<usize>,
+    /// For a DiT preset: the number of classes (the preset's 1000 otherwise).
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Also write the result as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SamplerBench {
+    /// The samplers (names as `diffusion sample --sampler`).
+    #[arg(
+        long,
+        num_args = 1..,
+        default_values_t = ["ddpm", "ddim", "pndm", "euler", "euler-ancestral", "heun", "dpm2", "lms",
+            "dpmpp-2m", "dpmpp-2m-sde", "dpmpp-3m-sde", "unipc", "em", "ode-rk4"].map(String::from)
+    )]
+    samplers: Vec<String>,
+    /// Sampler steps.
+    #[arg(long, default_value_t = 1000)]
+    steps: usize,
+    /// Samples.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Features per sample (3072: a 32×32 RGB image).
+    #[arg(long, default_value_t = 3072)]
+    features: usize,
+    /// Backend.
+    #[arg(long, default_value = "flex")]
+    backend: DeviceSpec,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
+    match &args.kind {
+        BenchKind::Train(b) => model_bench(b, true),
+        BenchKind::Sample(b) => model_bench(b, false),
+        BenchKind::Samplers(b) => sampler_bench(b),
+    }
+}
+
+fn usage(m: impl Into<String>) -> CliError {
+    CliError::Usage(m.into())
+}
+
+/// The model under test, with DiT presets adapted by `--in-channels` / `--classes`.
+fn model_config(b: &ModelBench) -> Result<ModelConfig> {
+    let mut config = preset(&b.model).map_err(|e| usage(e.to_string()))?;
+    match &mut config {
+        ModelConfig::Dit(c) => {
+            if let Some(ch) = b.in_channels {
+                c.in_channels = ch;
+                c.out_channels = 2 * ch;
+            }
+            if let Some(k) = b.classes {
+                c.num_classes = k;
+            }
+        }
+        _ if b.in_channels.is_some() || b.classes.is_some() => {
+            return Err(usage("--in-channels and --classes apply to DiT presets only"));
+        }
+        _ => {}
+    }
+    Ok(config)
+}
+
+/// Seconds of each timed iteration.
+fn time_iterations(warmup: usize, iters: usize, device: &Device, mut step: impl FnMut()) -> Vec<f64> {
+    for _ in 0..warmup {
+        step();
+    }
+    let _ = device.sync();
+    (0..iters)
+        .map(|_| {
+            let start = Instant::now();
+            step();
+            let _ = device.sync();
+            start.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+/// (median, min, max).
+fn summary(times: &[f64]) -> (f64, f64, f64) {
+    let mut t = times.to_vec();
+    t.sort_by(f64::total_cmp);
+    let n = t.len();
+    let median = if n % 2 == 1 {
+        t[n / 2]
+    } else {
+        0.5 * (t[n / 2 - 1] + t[n / 2])
+    };
+    (median, t[0], t[n - 1])
+}
+
+/// Resets the process's peak resident set size (Linux: `/proc/self/clear_refs`).
+fn reset_peak_memory() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The peak resident set size since the last reset, in bytes (Linux `VmHWM`).
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A random batch: images, timesteps, class labels (for class-conditional models).
+fn inputs(
+    config: &ModelConfig,
+    model: &Model,
+    batch: usize,
+    device: &Device,
+) -> (Tensor<2>, Tensor<1>, Conditioning) {
+    let features: usize = model.sample_shape().iter().product();
+    let mut noise = SampleNoise::range(0, 0..batch as u64);
+    let x = noise.normal_tensor(batch, features, device, DType::F32);
+    let t: Vec<f32> = (0..batch).map(|i| ((i * 397) % 1000) as f32).collect();
+    let t = Tensor::<1>::from_data(TensorData::new(t, [batch]), (device, DType::F32));
+    let classes = match config {
+        ModelConfig::Dit(c) => Some(c.num_classes),
+        ModelConfig::Unet(c) => c.num_class_embeds,
+        ModelConfig::Mlp(_) => None,
+    };
+    let cond = Conditioning {
+        class_labels: classes.map(|k| {
+            let labels: Vec<i64> = (0..batch).map(|i| (i % k) as i64).collect();
+            Tensor::<1, Int>::from_data(TensorData::new(labels, [batch]), device)
+        }),
+        context: None,
+    };
+    (x, t, cond)
+}
+
+fn model_bench(b: &ModelBench, train: bool) -> Result<()> {
+    if b.batch == 0 || b.iters == 0 {
+        return Err(usage("--batch and --iters must be at least 1"));
+    }
+    let config = model_config(b)?;
+    let device = b.backend.open().map_err(|e| usage(e.to_string()))?;
+    let flops_per_image = config.forward_flops() * if train { 3.0 } else { 1.0 };
+    reset_peak_memory();
+    let times = if train {
+        let device = device.autodiff();
+        let mut model = Some(config.init(&device));
+        let mut optim = AdamWConfig::new().init();
+        let (x, t, cond) = inputs(&config, model.as_ref().expect("model"), b.batch, &device);
+        let target = x.clone().zeros_like().add_scalar(0.1);
+        time_iterations(b.warmup, b.iters, &device, || {
+            let m = model.take().expect("model");
+            let out = m.forward_flat(x.clone(), t.clone(), &cond);
+            let out = out.narrow(1, 0, target.dims()[1]);
+            let loss = (out - target.clone()).square().mean();
+            let grads = GradientsParams::from_grads(loss.backward(), &m);
+            model = Some(optim.step(1e-4, m, grads));
+        })
+    } else {
+        let model = config.init(&device);
+        let (x, t, cond) = inputs(&config, &model, b.batch, &device);
+        time_iterations(b.warmup, b.iters, &device, || {
+            let _ = model.forward_flat(x.clone(), t.clone(), &cond);
+        })
+    };
+    let peak = peak_memory();
+    let (median, min, max) = summary(&times);
+    let images_per_s = b.batch as f64 / median;
+    let gflops = flops_per_image * images_per_s / 1e9;
+    let what = if train { "train" } else { "sample" };
+    println!(
+        "{what} {} batch {} on {}: {median:.4} s/step (median of {}; min {min:.4}, max {max:.4}), \
+         {images_per_s:.2} images/s, {gflops:.1} GFLOP/s achieved ({:.2} GFLOP per image{}), peak RSS {}",
+        b.model,
+        b.batch,
+        b.backend,
+        b.iters,
+        flops_per_image / 1e9,
+        if train { ", 3 × forward" } else { "" },
+        peak.map_or("n/a".into(), |p| format!(
+            "{:.2} GiB",
+            p as f64 / (1u64 << 30) as f64
+        )),
+    );
+    if let Some(path) = &b.json {
+        let value = json!({
+            "kind": what, "model": b.model, "batch": b.batch, "backend": b.backend.to_string(),
+            "iters": b.iters, "warmup": b.warmup, "seconds": times, "median_s": median,
+            "images_per_s": images_per_s, "gflop_per_image": flops_per_image / 1e9,
+            "gflops_achieved": gflops, "peak_rss_bytes": peak,
+            "params": config_params(&config),
+        });
+        write_json(path, &value)?;
+    }
+    Ok(())
+}
+
+fn config_params(config: &ModelConfig) -> usize {
+    match config {
+        ModelConfig::Unet(c) => c.num_params(),
+        ModelConfig::Dit(c) => c.num_params(),
+        ModelConfig::Mlp(c) => c.init(&Device::default()).num_params(),
+    }
+}
+
+fn write_json(path: &PathBuf, value: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("JSON of plain values");
+    std::fs::write(path, text + "\n").map_err(|e| CliError::Input(format!("{}: {e}", path.display())))
+}
+
+/// The exact denoiser of N(0, I) data, timing itself.
+struct TimedStandardNormal {
+    seconds: std::cell::Cell<f64>,
+}
+
+impl Denoiser for TimedStandardNormal {
+    fn denoise(&self, x: Tensor<2>, level: NoiseLevel) -> Tensor<2> {
+        let start = Instant::now();
+        let factor = level.alpha / (level.alpha * level.alpha + level.sigma * level.sigma);
+        let out = x.mul_scalar(factor);
+        let _ = out.device().sync();
+        self.seconds
+            .set(self.seconds.get() + start.elapsed().as_secs_f64());
+        out
+    }
+}
+
+fn sampler_bench(b: &SamplerBench) -> Result<()> {
+    let device = b.backend.open().map_err(|e| usage(e.to_string()))?;
+    let mut rows = Vec::new();
+    println!(
+        "sampler overhead on {}: {} samples × {} features, {} steps; time beyond the model per step",
+        b.backend, b.batch, b.features, b.steps
+    );
+    for name in &b.samplers {
+        let options = SamplerOptions {
+            steps: Some(b.steps),
+            ..SamplerOptions::default()
+        };
+        let built = options.build(name)?;
+        if built.implied_form.is_some() {
+            return Err(usage(format!(
+                "{name}: a flow sampler; this benchmark takes denoiser samplers"
+            )));
+        }
+        let oracle = TimedStandardNormal {
+            seconds: std::cell::Cell::new(0.0),
+        };
+        let mut noise = SampleNoise::range(1, 0..b.batch as u64);
+        let x = noise
+            .normal_tensor(b.batch, b.features, &device, DType::F32)
+            .mul_scalar(built.sampler.init_noise_sigma());
+        let _ = device.sync();
+        let start = Instant::now();
+        let out = built.sampler.sample(&oracle, x, &mut noise)?;
+        let _ = device.sync();
+        let total = start.elapsed().as_secs_f64();
+        let overhead = (total - oracle.seconds.get()) / b.steps as f64;
+        println!(
+            "  {name:<16} {:>8.3} ms/step beyond the model ({} NFE, total {total:.2} s)",
+            overhead * 1e3,
+            out.nfe
+        );
+        rows.push(json!({"sampler": name, "overhead_ms_per_step": overhead * 1e3, "nfe": out.nfe, "total_s": total}));
+    }
+    if let Some(path) = &b.json {
+        let value = json!({
+            "backend": b.backend.to_string(), "batch": b.batch, "features": b.features,
+            "steps": b.steps, "samplers": rows,
+        });
+        write_json(path, &value)?;
+    }
+    Ok(())
+}
