@@ -57,6 +57,23 @@ fixtures python="python3":
     {{python}} scripts/fixtures/fid.py
     {{python}} scripts/fixtures/guidance.py
 
+# Benchmarks (docs/performance.md): the dense-kernel ceiling, U-Net and DiT training steps,
+# U-Net sampling throughput and each sampler's per-step overhead; medians, images/s, GFLOP/s,
+# peak memory. `just bench wgpu` runs them on a GPU.
+bench backend="flex":
+    cargo build --release --workspace
+    ./target/release/diffusion bench matmul --size 4096 --iters 3 --backend {{backend}}
+    ./target/release/diffusion bench train --model ddpm-cifar10 --batch 8 --backend {{backend}}
+    ./target/release/diffusion bench train --model ddpm-cifar10 --batch 32 --iters 3 --backend {{backend}}
+    ./target/release/diffusion bench train --model dit-s-2 --in-channels 3 --classes 10 --batch 32 --iters 3 --backend {{backend}}
+    ./target/release/diffusion bench sample --model ddpm-cifar10 --batch 32 --iters 3 --backend {{backend}}
+    ./target/release/diffusion bench samplers --backend {{backend}}
+
+# Our step times against PyTorch's on this machine (needs the venv bench/compare_pytorch.py names).
+bench-pytorch python="/work/venv/bin/python":
+    cargo build --release --workspace
+    {{python}} bench/compare_pytorch.py --threads 2 --rounds 2 --out bench/results.json
+
 # Everything CI runs.
 ci:
     .ci/run

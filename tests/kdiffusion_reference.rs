@@ -182,3 +182,68 @@ fn per_sample_adaptive_does_not_depend_on_the_batch() {
     let last = run(5..6);
     assert_eq!(&all[10..12], &last[..]);
 }
+
+/// EDM's preconditioned denoiser and loss against k-diffusion's `layers.Denoiser`
+/// (`scripts/fixtures/edm.py`): the same inner network F(c_in x, c_noise) with c_noise = ¼ ln σ,
+/// the same x, σ and noise.
+#[test]
+fn edm_preconditioning_matches_k_diffusion_denoiser() {
+    use burn::tensor::Tensor;
+    use diffusion_core::tensor::from_f64_like;
+    use diffusion_samplers::{Denoiser, EdmDenoiser, EdmLoss, EdmPreconditioning, NoiseLevel};
+    let f = fixture("edm.json");
+    let device = device();
+    let dtype = best_dtype(&device);
+    let (w, d) = matrix(&f["w"]);
+    let b = floats(&f["b"]);
+    // F(u, c) = tanh(u W + c b).
+    let net = |u: Tensor<2>, c: Tensor<1>| {
+        let n = u.dims()[0];
+        let wt = from_f64_like(w.clone(), [d, d], &u);
+        let bt = from_f64_like(b.clone(), [1, d], &u);
+        (u.matmul(wt) + c.reshape([n, 1]) * bt).tanh()
+    };
+    let precond = EdmPreconditioning { sigma_data: 0.5 };
+    let sigmas = floats(&f["sigma"]);
+    for (i, &s) in sigmas.iter().enumerate() {
+        let (skip, out, input, noise_cond) = precond.coefficients(s);
+        let expected = [
+            f["c_skip"][i].as_f64().unwrap(),
+            f["c_out"][i].as_f64().unwrap(),
+            f["c_in"][i].as_f64().unwrap(),
+        ];
+        for (ours, theirs) in [skip, out, input].iter().zip(expected) {
+            assert!(
+                (ours - theirs).abs() <= 1e-15 * theirs.abs().max(1.0),
+                "σ = {s}: {ours} vs {theirs}"
+            );
+        }
+        assert_eq!(noise_cond, s.ln() / 4.0);
+    }
+    let tol = if dtype == DType::F64 { 1e-12 } else { 1e-5 };
+    let (x, n) = matrix(&f["x"]);
+    let denoiser = EdmDenoiser { net, precond };
+    for (i, &s) in sigmas.iter().enumerate() {
+        let row = tensor2(x[i * d..(i + 1) * d].to_vec(), 1, &device, dtype);
+        let ours = to_f64(&denoiser.denoise(row, NoiseLevel::ve(s)));
+        let theirs = matrix(&f["denoised"]).0[i * d..(i + 1) * d].to_vec();
+        assert!(
+            max_rel_deviation(&ours, &theirs) < tol,
+            "σ = {s}: {ours:?} vs {theirs:?}"
+        );
+    }
+    // The λ(σ)-weighted D-space loss equals k-diffusion's F-space loss (weighting "karras").
+    let loss = EdmLoss::default();
+    let ours = to_f64(&loss.loss(
+        &denoiser.net,
+        tensor2(x.clone(), n, &device, dtype),
+        &sigmas,
+        tensor2(matrix(&f["noise"]).0, n, &device, dtype),
+    ))[0];
+    let theirs = floats(&f["loss_per_sample"]).iter().sum::<f64>() / n as f64;
+    assert!(
+        (ours - theirs).abs() < 1e3 * tol * theirs,
+        "loss {ours} vs {theirs}"
+    );
+    assert_eq!(loss.sigmas(&[0.0, 1.0]), vec![(-1.2f64).exp(), 0.0f64.exp()]);
+}

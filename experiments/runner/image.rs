@@ -14,24 +14,24 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::tensor::{DType, Device, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use clap::Parser;
 use diffusion_backbones::unet::{DownBlockKind, UpBlockKind};
-use diffusion_backbones::{Backbone, Conditioning, Model, ModelConfig, preset};
-use diffusion_core::noise::{NoiseSource, SampleNoise, sample_rng};
+use diffusion_backbones::{Backbone, Conditioning, Model, ModelConfig, drop_labels, preset};
+use diffusion_core::noise::{NoiseSource, SampleNoise};
 use diffusion_core::npy::NpyArray;
 use diffusion_core::tensor::to_f64;
 use diffusion_data::cifar::cifar10_remote;
 use diffusion_data::{DataLoader, ImageSet, LoaderConfig, Split};
-use diffusion_ddpm::{DdpmLoss, ForwardProcess, ModelVariance, Prediction, UniformTimesteps, Vlb};
+use diffusion_ddpm::{ForwardProcess, ModelVariance, Prediction, Vlb};
 use diffusion_metrics::frechet::{FeatureStats, frechet_distance};
 use diffusion_metrics::inception::{FEATURES, InceptionV3};
-use diffusion_samplers::ddpm::VarianceType;
-use diffusion_samplers::{Ddim, Ddpm, DiscreteModel, Sampler, successive_steps};
-use diffusion_schedules::{DiscreteSchedule, TimestepSpacing, timesteps};
+use diffusion_samplers::batched_cfg;
+use diffusion_schedules::DiscreteSchedule;
 use diffusion_train::{ComputePrecision, EmaSchedule, EmaSpec, LrDecay, SampleGrid, TrainConfig, Trainer};
 use serde::{Deserialize, Serialize};
 
+use crate::family::{Family, initial_noise};
 use crate::{CommonArgs, Result, Run, RunError};
 
 /// The options of an image experiment.
@@ -67,6 +67,12 @@ pub struct ImageConfig {
     pub sample: SampleSection,
     /// Evaluation.
     pub eval: EvalSection,
+    /// EDM's settings (`diffusion.loss = edm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edm: Option<crate::family::EdmSection>,
+    /// Score models' settings (`diffusion.loss = ncsn | sde-ve | sde-vp`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<crate::family::ScoreSection>,
 }
 
 /// `[data]`.
@@ -103,6 +109,9 @@ pub struct ModelSection {
     /// Group-norm groups.
     #[serde(default)]
     pub norm_num_groups: Option<usize>,
+    /// A DiT: the probability of training with the null label (classifier-free guidance).
+    #[serde(default)]
+    pub class_dropout: Option<f64>,
 }
 
 /// `[diffusion]`.
@@ -116,7 +125,9 @@ pub struct DiffusionSection {
     pub beta_start: f64,
     /// β_T of the linear schedule.
     pub beta_end: f64,
-    /// `simple` (L_simple, ε, fixed Σ) or `hybrid` (Improved DDPM: learned-range Σ, λ = 0.001).
+    /// `simple` (L_simple, ε, fixed Σ), `hybrid` (Improved DDPM: learned-range Σ, λ = 0.001),
+    /// `edm` (Karras et al.'s preconditioning and σ distribution, `[edm]`), `cfm` or `ot-cfm`
+    /// (flow matching, independent or minibatch-OT pairs); see [`crate::family`].
     pub loss: String,
 }
 
@@ -157,7 +168,8 @@ pub struct TrainSection {
 /// `[sample]`.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct SampleSection {
-    /// `ddpm` (ancestral) or `ddim`.
+    /// DDPM family: `ddpm` (ancestral) or `ddim`; others: any `diffusion sample` sampler
+    /// (`heun`, `ode-euler`, `ode-dopri5`, …).
     pub sampler: String,
     /// Inference steps.
     pub steps: usize,
@@ -167,6 +179,9 @@ pub struct SampleSection {
     pub grid_size: usize,
     /// Inference steps of the grids written during training.
     pub grid_steps: usize,
+    /// Class-conditional models: the classifier-free guidance scale w (1: the conditional model).
+    #[serde(default)]
+    pub guidance_scale: Option<f64>,
 }
 
 /// `[eval]`.
@@ -281,17 +296,22 @@ fn load_data(cfg: &ImageConfig, smoke: bool, run_dir: &Path) -> Result<(ImageSet
 }
 
 /// The network of `[model]` for images of `shape`.
-fn model_config(cfg: &ImageConfig, shape: [usize; 3]) -> Result<ModelConfig> {
+fn model_config(
+    cfg: &ImageConfig,
+    shape: [usize; 3],
+    output_factor: usize,
+    classes: usize,
+    smoke: bool,
+) -> Result<ModelConfig> {
     let m = &cfg.model;
     let mut config = preset(&m.preset).map_err(fail)?;
-    let learned = cfg.diffusion.loss == "hybrid";
     match &mut config {
         ModelConfig::Unet(u) => {
             u.dropout = m.dropout;
             u.seed = cfg.seed;
             u.sample_size = shape[1];
             u.in_channels = shape[0];
-            u.out_channels = shape[0] * if learned { 2 } else { 1 };
+            u.out_channels = shape[0] * output_factor;
             if let Some(channels) = &m.channels {
                 let attention = m.attention.clone().unwrap_or_else(|| vec![false; channels.len()]);
                 if attention.len() != channels.len() {
@@ -335,9 +355,23 @@ fn model_config(cfg: &ImageConfig, shape: [usize; 3]) -> Result<ModelConfig> {
             u.validate()
                 .map_err(|e| RunError::Config(format!("model: {e}")))?;
         }
-        _ => {
+        ModelConfig::Dit(d) => {
+            d.seed = cfg.seed;
+            d.input_size = shape[1];
+            d.in_channels = shape[0];
+            d.out_channels = shape[0] * output_factor;
+            d.num_classes = classes;
+            d.class_dropout_prob = m.class_dropout.unwrap_or(0.1);
+            if smoke {
+                // A DiT with 2 blocks of width 64 (`[model]`'s U-Net keys do not apply).
+                (d.depth, d.hidden_size, d.num_heads) = (2, 64, 2);
+            }
+            d.validate()
+                .map_err(|e| RunError::Config(format!("model: {e}")))?;
+        }
+        ModelConfig::Mlp(_) => {
             return Err(RunError::Config(format!(
-                "model.preset = `{}`: the image pipeline trains U-Nets",
+                "model.preset = `{}`: the image pipeline trains U-Nets and DiTs",
                 m.preset
             )));
         }
@@ -357,73 +391,64 @@ fn schedule(cfg: &DiffusionSection) -> Result<DiscreteSchedule> {
     }
 }
 
-fn objective(cfg: &DiffusionSection, forward: ForwardProcess) -> Result<DdpmLoss> {
-    match cfg.loss.as_str() {
-        "simple" => Ok(DdpmLoss::simple(forward, Prediction::Epsilon)),
-        "hybrid" => Ok(DdpmLoss::improved(forward)),
-        other => Err(RunError::Config(format!(
-            "diffusion.loss = `{other}`: expected simple or hybrid"
-        ))),
-    }
-}
-
-/// Images `[n, C·H·W]` of `range` of the sampling streams, drawn with `steps` steps; x̂₀ is
-/// clipped to [−1, 1] at every step (Ho et al.'s sampler, diffusers' `clip_sample`).
-#[allow(clippy::too_many_arguments)]
+/// Images `[n, C·H·W]` of `range` of the sampling streams, drawn with `steps` steps of the
+/// configured sampler (for DDPM, x̂₀ clipped to [−1, 1] at every step, as Ho et al.'s sampler
+/// and diffusers' `clip_sample`).
 fn draw(
     model: &Model,
     cfg: &ImageConfig,
-    schedule: &DiscreteSchedule,
+    family: &Family,
     steps: usize,
     range: std::ops::Range<u64>,
     device: &Device,
 ) -> Result<Tensor<2>> {
     let features: usize = model.sample_shape().iter().product();
-    let n = (range.end - range.start) as usize;
-    let learned = model.output_factor() == 2;
-    let cond = Conditioning::default();
-    let net = |x: Tensor<2>, t: Tensor<1>| model.forward_flat(x, t, &cond);
-    let mut denoiser = DiscreteModel::new(net, schedule.clone(), Prediction::Epsilon);
-    if learned {
-        denoiser = denoiser.with_learned_variance();
-    }
-    let inference = timesteps(
-        schedule.len(),
-        steps.min(schedule.len()),
-        TimestepSpacing::Trailing,
-        0,
-    )
-    .map_err(fail)?;
-    let vp_steps = successive_steps(schedule, &inference);
-    let sampler: Box<dyn Sampler> = match cfg.sample.sampler.as_str() {
-        "ddpm" => {
-            let mut s = Ddpm::new(vp_steps);
-            s.clip_sample = Some(diffusion_ddpm::X0Clip::Static { range: 1.0 });
-            if learned {
-                s.variance = VarianceType::Learned;
-            }
-            Box::new(s)
-        }
-        "ddim" => {
-            let mut s = Ddim::new(vp_steps, cfg.sample.eta);
-            s.clip_sample = Some(diffusion_ddpm::X0Clip::Static { range: 1.0 });
-            Box::new(s)
-        }
-        other => {
-            return Err(RunError::Config(format!(
-                "sample.sampler = `{other}`: expected ddpm or ddim"
-            )));
-        }
-    };
+    let sampler = family.sampler(&cfg.sample.sampler, steps, cfg.sample.eta)?;
     let mut noise = SampleNoise::range(cfg.seed ^ 0x5a3b_1e00, range.clone());
-    let x = SampleNoise::range(cfg.seed ^ 0x1a17, range).normal_tensor(n, features, device, DType::F32);
-    let out = sampler.sample(&denoiser, x, &mut noise).map_err(fail)?;
+    let x = initial_noise(sampler.as_ref(), cfg.seed, range.clone(), features, device);
+    let out = match model {
+        // A class-conditional DiT draws sample i of class i mod C, with classifier-free guidance.
+        Model::Dit(dit) => {
+            let classes = dit.null_class() as u64;
+            let labels: Vec<i64> = range.map(|i| (i % classes) as i64).collect();
+            let n = labels.len();
+            let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), device);
+            let conditional = |x: Tensor<2>, t: Tensor<1>, l: Tensor<1, Int>| {
+                model.forward_flat(
+                    x,
+                    t,
+                    &Conditioning {
+                        class_labels: Some(l),
+                        context: None,
+                    },
+                )
+            };
+            let scale = cfg.sample.guidance_scale.unwrap_or(1.0);
+            let guided = batched_cfg(conditional, labels, dit.null_class() as i64, scale, features);
+            let denoiser = family.denoiser(&guided);
+            sampler.sample(denoiser.as_ref(), x, &mut noise)
+        }
+        _ => {
+            let cond = Conditioning::default();
+            let net = |x: Tensor<2>, t: Tensor<1>| model.forward_flat(x, t, &cond);
+            let denoiser = family.denoiser(&net);
+            sampler.sample(denoiser.as_ref(), x, &mut noise)
+        }
+    }
+    .map_err(fail)?;
     Ok(out.x.clamp(-1.0, 1.0))
 }
 
-/// Writes the EMA weights as a model folder (`RUN/model`: model.json, model.safetensors and a
-/// diffusers DDPMScheduler config), which `diffusion sample --model` reads.
-fn export_model(run_dir: &Path, cfg: &ImageConfig, config: &ModelConfig, model: &Model) -> Result<()> {
+/// Writes the EMA weights as a model folder (`RUN/model`: model.json, model.safetensors and,
+/// for the DDPM family, a diffusers DDPMScheduler config, which `diffusion sample --model`
+/// reads).
+fn export_model(
+    run_dir: &Path,
+    cfg: &ImageConfig,
+    family: &Family,
+    config: &ModelConfig,
+    model: &Model,
+) -> Result<()> {
     let dir = run_dir.join("model");
     diffusion_backbones::save_folder(
         &dir,
@@ -432,6 +457,9 @@ fn export_model(run_dir: &Path, cfg: &ImageConfig, config: &ModelConfig, model: 
         diffusion_backbones::WeightFormat::Safetensors,
     )
     .map_err(fail)?;
+    if family.schedule().is_none() {
+        return Ok(());
+    }
     let d = &cfg.diffusion;
     let scheduler = serde_json::json!({
         "_class_name": "DDPMScheduler",
@@ -483,17 +511,20 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         test_set.len()
     ));
 
+    let family = Family::new(
+        &cfg.diffusion.loss,
+        schedule(&cfg.diffusion)?,
+        cfg.edm.as_ref(),
+        cfg.score.as_ref(),
+    )?;
     // Checked before training, so that a typo never surfaces at the first sample grid.
-    if !matches!(cfg.sample.sampler.as_str(), "ddpm" | "ddim") {
-        return Err(RunError::Config(format!(
-            "sample.sampler = `{}`: expected ddpm or ddim",
-            cfg.sample.sampler
-        )));
-    }
-    let schedule = schedule(&cfg.diffusion)?;
-    let forward = ForwardProcess::new(schedule.clone());
-    let loss = objective(&cfg.diffusion, forward.clone())?;
-    let model_cfg = model_config(&cfg, shape)?;
+    family.sampler(&cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta)?;
+    let classes = train_set.num_classes();
+    let model_cfg = model_config(&cfg, shape, family.output_factor(), classes, smoke)?;
+    let class_dropout = match &model_cfg {
+        ModelConfig::Dit(d) => Some(d.class_dropout_prob),
+        _ => None,
+    };
     let ad = device.clone().autodiff();
     let model = model_cfg.init(&ad);
     run.say(format!(
@@ -557,11 +588,7 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
     .map_err(fail)?;
     let mut stream = loader.stream(trainer.step() * k);
     let features = shape.iter().product::<usize>();
-    let uniform = UniformTimesteps {
-        num_timesteps: schedule.len(),
-    };
     let start = Instant::now();
-    let grid_schedule = schedule.clone();
     let grid_cfg = cfg.clone();
     let grid_device = device.clone();
     let mut grid = SampleGrid::new(
@@ -572,7 +599,7 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
             draw(
                 m,
                 &grid_cfg,
-                &grid_schedule,
+                &family,
                 grid_cfg.sample.grid_steps,
                 0..n,
                 &grid_device,
@@ -591,20 +618,26 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
                     Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), (&ad, compute_dtype))
                         .reshape([micro, features]);
                 let first = (index * micro) as u64;
-                let positions = first..first + micro as u64;
-                let ts: Vec<usize> = positions
-                    .clone()
-                    .map(|p| uniform.sample(&mut sample_rng(cfg.seed ^ 0x7173, p), 1)[0])
-                    .collect();
-                let noise = SampleNoise::range(cfg.seed ^ 0x4e01, positions).normal_tensor(
-                    micro,
-                    features,
-                    &ad,
-                    compute_dtype,
-                );
-                let cond = Conditioning::default();
-                loss.loss(|x, t| m.forward_flat(x, t, &cond), x0, &ts, noise, None)
-                    .expect("shapes are consistent by construction")
+                // A class-conditional model sees each label, or the null label with the
+                // dropout probability (a uniform per example of the training stream).
+                let cond = match class_dropout {
+                    Some(p) => {
+                        let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
+                        let u = SampleNoise::range(cfg.seed ^ 0xc1a5, first..first + micro as u64).uniform(1);
+                        let kept = drop_labels(&labels, &u, p, classes as i64);
+                        Conditioning {
+                            class_labels: Some(Tensor::from_data(TensorData::new(kept, [micro]), &ad)),
+                            context: None,
+                        }
+                    }
+                    None => Conditioning::default(),
+                };
+                family.loss(
+                    &|x, t| m.forward_flat(x, t, &cond),
+                    x0,
+                    first..first + micro as u64,
+                    cfg.seed,
+                )
             },
             &mut grid,
         )
@@ -613,7 +646,7 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
     let train_seconds = start.elapsed().as_secs_f64();
     let final_loss = trainer.log().last().map_or(f64::NAN, |r| r.loss);
     let device_model = trainer.sampling_model();
-    export_model(run.dir(), &cfg, &model_cfg, &device_model)?;
+    export_model(run.dir(), &cfg, &family, &model_cfg, &device_model)?;
 
     // Samples from seeds 0..N of the sampling streams, in batches (each sample's noise is its own).
     let e = &cfg.eval;
@@ -624,7 +657,7 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         let x = draw(
             &device_model,
             &cfg,
-            &schedule,
+            &family,
             cfg.sample.steps,
             lo as u64..hi as u64,
             &device,
@@ -686,9 +719,8 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
 
     // The full variational bound on test images (bits/dim), with the EMA weights.
     let m = e.bpd_images.min(test_set.len());
-    let bits_per_dim = if m == 0 {
-        None
-    } else {
+    let bits_per_dim = if let (true, Some(schedule)) = (m > 0, family.schedule()) {
+        let forward = ForwardProcess::new(schedule.clone());
         let variance = if device_model.output_factor() == 2 {
             ModelVariance::LearnedRange
         } else {
@@ -717,6 +749,11 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
             .map_err(fail)?;
         let total = to_f64(&report.total);
         Some(total.iter().sum::<f64>() / m as f64)
+    } else {
+        if m > 0 {
+            run.say("eval.bpd_images: the variational bound is the DDPM family's; skipped");
+        }
+        None
     };
 
     let metrics = Metrics {
@@ -736,9 +773,11 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
     };
     run.write_json("metrics.json", &metrics)?;
     run.say(format!(
-        "loss {final_loss:.4}; FID {}; {} bits/dim on {m} test images; wrote {}",
+        "loss {final_loss:.4}; FID {}; {}; wrote {}",
         fid.map_or("skipped".into(), |f| format!("{f:.2}")),
-        bits_per_dim.map_or("—".into(), |b| format!("{b:.3}")),
+        bits_per_dim.map_or("no bound".into(), |b| format!(
+            "{b:.3} bits/dim on {m} test images"
+        )),
         run.dir().display()
     ));
     Ok(())

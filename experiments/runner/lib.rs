@@ -7,6 +7,7 @@
 //! run folder (`--out DIR`, by default a new folder under `runs/`), starting with the
 //! resolved configuration.
 
+pub mod family;
 pub mod image;
 
 use std::fmt::Display;

@@ -137,7 +137,7 @@ fn flow2d_writes_its_run_folder() {
 
 /// `--smoke`: data in the real format, a few steps with checkpoints and grids, then a resume
 /// that extends the run, sampling and the bound.
-fn image_smoke(bin: &str, name: &str) {
+fn image_smoke(bin: &str, name: &str, ddpm: bool) {
     let out = std::env::temp_dir().join(format!("{name}-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let first = run(
@@ -179,15 +179,20 @@ fn image_smoke(bin: &str, name: &str) {
         "checkpoints/step-00000004/state.json",
         "model/model.json",
         "model/model.safetensors",
-        "model/scheduler_config.json",
     ] {
         assert!(out.join(file).exists(), "{name}: {file} missing");
     }
+    // Only the DDPM family has a diffusers scheduler and the variational bound.
+    assert_eq!(out.join("model/scheduler_config.json").exists(), ddpm, "{name}");
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["steps"], 4);
     assert_eq!(metrics["num_samples"], 6);
-    assert!(metrics["bits_per_dim"].as_f64().unwrap() > 0.0, "{metrics}");
+    if ddpm {
+        assert!(metrics["bits_per_dim"].as_f64().unwrap() > 0.0, "{metrics}");
+    } else {
+        assert!(metrics["bits_per_dim"].is_null(), "{metrics}");
+    }
     assert!(metrics["final_loss"].as_f64().unwrap().is_finite());
     let log = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
     assert_eq!(
@@ -200,17 +205,42 @@ fn image_smoke(bin: &str, name: &str) {
 
 #[test]
 fn cifar_ddpm_smoke_runs_the_whole_pipeline() {
-    image_smoke(env!("CARGO_BIN_EXE_cifar-ddpm"), "cifar-ddpm");
+    image_smoke(env!("CARGO_BIN_EXE_cifar-ddpm"), "cifar-ddpm", true);
 }
 
 #[test]
 fn cifar_improved_smoke_runs_the_whole_pipeline() {
-    image_smoke(env!("CARGO_BIN_EXE_cifar-improved"), "cifar-improved");
+    image_smoke(env!("CARGO_BIN_EXE_cifar-improved"), "cifar-improved", true);
 }
 
 #[test]
 fn shapes_smoke_runs_the_whole_pipeline() {
-    image_smoke(env!("CARGO_BIN_EXE_shapes"), "shapes");
+    image_smoke(env!("CARGO_BIN_EXE_shapes"), "shapes", true);
+}
+
+#[test]
+fn cifar_dit_smoke_runs_the_whole_pipeline() {
+    image_smoke(env!("CARGO_BIN_EXE_cifar-dit"), "cifar-dit", true);
+}
+
+#[test]
+fn cifar_ncsn_smoke_runs_the_whole_pipeline() {
+    image_smoke(env!("CARGO_BIN_EXE_cifar-ncsn"), "cifar-ncsn", false);
+}
+
+#[test]
+fn cifar_sde_smoke_runs_the_whole_pipeline() {
+    image_smoke(env!("CARGO_BIN_EXE_cifar-sde"), "cifar-sde", false);
+}
+
+#[test]
+fn cifar_edm_smoke_runs_the_whole_pipeline() {
+    image_smoke(env!("CARGO_BIN_EXE_cifar-edm"), "cifar-edm", false);
+}
+
+#[test]
+fn cifar_flow_smoke_runs_the_whole_pipeline() {
+    image_smoke(env!("CARGO_BIN_EXE_cifar-flow"), "cifar-flow", false);
 }
 
 #[test]

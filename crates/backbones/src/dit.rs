@@ -14,7 +14,7 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, Linear, PaddingConfig2d};
-use burn::tensor::activation::{gelu_approximate, silu};
+use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
@@ -436,7 +436,10 @@ impl DiT {
                 h = h.clone() + attn2.forward(h, Some(ctx.clone()));
             }
             let n = modulate(layer_norm(h.clone(), s.mlp_norm_eps), shift_mlp, scale_mlp);
-            let mlp = block.ff.out.forward(gelu_approximate(block.ff.proj.forward(n)));
+            let mlp = block
+                .ff
+                .out
+                .forward(crate::ops::gelu_tanh(block.ff.proj.forward(n)));
             h = h + mlp * gate_mlp.reshape([b, 1, d]);
         }
         let m = self.proj_out_1.forward(silu(shared));

@@ -35,6 +35,25 @@ enum BenchKind {
     /// Each sampler's time per step beyond its model, on the standard-normal oracle
     /// D(x, σ) = α x/(α² + σ²) (exact for N(0, I) data, and nearly free).
     Samplers(SamplerBench),
+    /// An n × n matrix product: the backend's dense-kernel throughput, the ceiling of the
+    /// convolutions and linear layers.
+    Matmul(MatmulBench),
+}
+
+#[derive(Args)]
+struct MatmulBench {
+    /// The matrix side n.
+    #[arg(long, default_value_t = 4096)]
+    size: usize,
+    /// f32, f16 or bf16 (where the backend has it).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Timed iterations.
+    #[arg(long, default_value_t = 5)]
+    iters: usize,
+    /// Backend.
+    #[arg(long, default_value = "flex")]
+    backend: DeviceSpec,
 }
 
 #[derive(Args)]
@@ -98,7 +117,39 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         BenchKind::Train(b) => model_bench(b, true),
         BenchKind::Sample(b) => model_bench(b, false),
         BenchKind::Samplers(b) => sampler_bench(b),
+        BenchKind::Matmul(b) => matmul_bench(b),
     }
+}
+
+fn matmul_bench(b: &MatmulBench) -> Result<()> {
+    let dtype = match b.dtype.as_str() {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "bf16" => DType::BF16,
+        other => return Err(usage(format!("--dtype {other}: expected f32, f16 or bf16"))),
+    };
+    let device = b.backend.open().map_err(|e| usage(e.to_string()))?;
+    if !device.supports_dtype(dtype) {
+        return Err(usage(format!("{} does not compute in {}", b.backend, b.dtype)));
+    }
+    let n = b.size;
+    let mut noise = SampleNoise::range(2, 0..n as u64);
+    let a = noise.normal_tensor(n, n, &device, DType::F32).cast(dtype);
+    let c = noise.normal_tensor(n, n, &device, DType::F32).cast(dtype);
+    let times = time_iterations(1, b.iters, &device, || {
+        let _ = a.clone().matmul(c.clone());
+    });
+    let (median, min, _) = summary(&times);
+    let flop = 2.0 * (n as f64).powi(3);
+    println!(
+        "matmul {n}×{n} {} on {}: {median:.4} s (median of {}), {:.1} GFLOP/s (best {:.1})",
+        b.dtype,
+        b.backend,
+        b.iters,
+        flop / median / 1e9,
+        flop / min / 1e9
+    );
+    Ok(())
 }
 
 fn usage(m: impl Into<String>) -> CliError {
@@ -276,6 +327,8 @@ struct TimedStandardNormal {
 
 impl Denoiser for TimedStandardNormal {
     fn denoise(&self, x: Tensor<2>, level: NoiseLevel) -> Tensor<2> {
+        // The sampler's queued work runs outside the model's time.
+        let _ = x.device().sync();
         let start = Instant::now();
         let factor = level.alpha / (level.alpha * level.alpha + level.sigma * level.sigma);
         let out = x.mul_scalar(factor);

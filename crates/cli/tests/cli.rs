@@ -744,3 +744,81 @@ fn sharded_sampling_reproduces_the_whole_run() {
     assert_eq!(r.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&r.stderr).contains("0 ≤ I < N"));
 }
+
+/// The benchmarks build and run one iteration each, on the backend under test
+/// (`DIFFUSION_BACKEND`, default flex); their speed is reported, never asserted.
+#[test]
+fn benchmarks_run_one_iteration() {
+    let backend = std::env::var("DIFFUSION_BACKEND").unwrap_or_else(|_| "flex".into());
+    let dir = Dir::new("bench");
+    let json = dir.path("train.json");
+    for args in [
+        vec!["bench", "matmul", "--size", "64", "--iters", "1"],
+        vec![
+            "bench",
+            "train",
+            "--model",
+            "dit-s-8",
+            "--in-channels",
+            "3",
+            "--classes",
+            "10",
+            "--batch",
+            "1",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--json",
+            json.as_str(),
+        ],
+        vec![
+            "bench",
+            "sample",
+            "--model",
+            "ddpm-cifar10",
+            "--batch",
+            "1",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+        ],
+        vec![
+            "bench",
+            "samplers",
+            "--steps",
+            "4",
+            "--batch",
+            "2",
+            "--features",
+            "8",
+            "--samplers",
+            "ddim",
+            "heun",
+            "dpmpp-2m",
+        ],
+    ] {
+        let mut args = args;
+        args.extend(["--backend", backend.as_str()]);
+        let out = run(&args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            stdout.contains("GFLOP/s") || stdout.contains("ms/step"),
+            "{stdout}"
+        );
+    }
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(record["iters"], 1);
+    assert!(record["median_s"].as_f64().unwrap() > 0.0);
+    // DiT-S/8 on 32×32×3: 16 tokens; its FLOP count is the configuration's.
+    assert!(record["gflop_per_image"].as_f64().unwrap() > 0.0);
+    let bad = run(&["bench", "train", "--model", "ddpm-cifar10", "--in-channels", "3"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("DiT presets only"));
+}

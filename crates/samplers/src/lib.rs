@@ -24,6 +24,7 @@
 //! - guidance and editing: [`guidance`] (classifier and classifier-free guidance as
 //!   denoisers), [`cfg_pp`] (CFG++), [`inpaint`] (replacement and RePaint),
 //!   [`smc_inpaint`] (SMCDiff, exact as particles grow), [`sdedit`];
+//! - [`edm_precond`]: EDM's preconditioned denoiser and training objective;
 //! - [`diffusers`]: a diffusers `scheduler_config.json` mapped onto these samplers, exactly.
 
 pub mod ancestral;
@@ -38,6 +39,7 @@ pub mod divergence;
 pub mod dpm_multistep;
 pub mod dpm_solver;
 pub mod edm;
+pub mod edm_precond;
 pub mod flow;
 pub mod guidance;
 pub mod inpaint;
@@ -68,6 +70,7 @@ pub use divergence::{Probe, exact_divergence, hutchinson_divergence, vector_jaco
 pub use dpm_multistep::{DpmAlgorithm, DpmDialect, DpmMultistep, SolverType};
 pub use dpm_solver::{DpmSolverAdaptive, DpmSolverFast};
 pub use edm::EdmSampler;
+pub use edm_precond::{EdmDenoiser, EdmLoss, EdmPreconditioning};
 pub use flow::{FlowConvention, FlowModel, velocity};
 pub use guidance::{ClassifierFree, ClassifierGuidance, NoisyClassifier, batched_cfg};
 pub use inpaint::{KnownRegion, RePaint, UndoRule, repaint_path};
