@@ -33,15 +33,9 @@ import time
 
 import torch
 
-DDPM_CIFAR10_32 = dict(
-    sample_size=32, in_channels=3, out_channels=3, center_input_sample=False,
-    time_embedding_type="positional", flip_sin_to_cos=False, freq_shift=1,
-    down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-    block_out_channels=(128, 256, 256, 256), layers_per_block=2, mid_block_scale_factor=1,
-    downsample_padding=0, act_fn="silu", attention_head_dim=None, norm_num_groups=32, norm_eps=1e-6,
-    resnet_time_scale_shift="default", add_attention=True,
-)
+# google/ddpm-cifar10-32's UNet2DModel configuration, as the backbone fixtures use it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "fixtures"))
+from backbones import DDPM_CIFAR10_32  # noqa: E402
 
 CASES = {
     "unet-train-8": ("unet", "train", 8),

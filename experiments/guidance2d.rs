@@ -276,7 +276,7 @@ fn run(args: &Args) -> Result<()> {
         Ok(to_f64(&sampler.sample(model, x, &mut noise).map_err(fail)?.x))
     };
 
-    let mut figures: Vec<(&str, Vec<(String, Vec<f64>)>)> = Vec::new();
+    let mut figures: Vec<Figure> = Vec::new();
     let mut cfg_metrics = Vec::new();
     let mut panels = Vec::new();
     for &w in &cfg.sample.cfg_scales {
@@ -356,7 +356,11 @@ fn describe(m: &GuidedMetrics) -> String {
     )
 }
 
-type Histograms = Vec<(String, Vec<f64>)>;
+/// Named sets of samples: scatter panels (2-D points) or histograms (1-D values).
+type Panels = Vec<(String, Vec<f64>)>;
+
+/// A figure file and its panels.
+type Figure = (&'static str, Panels);
 
 /// Inpainting of the second coordinate given the first: replacement, RePaint and SMCDiff
 /// against the exact conditional.
@@ -364,7 +368,7 @@ fn inpaint(
     run: &Run<Config>,
     m: &GaussianMixture,
     schedule: &DiscreteSchedule,
-) -> Result<(BTreeMap<String, InpaintMetrics>, f64, Histograms)> {
+) -> Result<(BTreeMap<String, InpaintMetrics>, f64, Panels)> {
     let cfg = &run.config.inpaint;
     let seed = run.config.seed;
     let device = run.device.clone();
@@ -450,11 +454,7 @@ fn w1(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len().max(1) as f64
 }
 
-fn write_scatter_figures(
-    run: &Run<Config>,
-    figures: &[(&str, Vec<(String, Vec<f64>)>)],
-    exact: &[f64],
-) -> Result<()> {
+fn write_scatter_figures(run: &Run<Config>, figures: &[Figure], exact: &[f64]) -> Result<()> {
     let r = run.config.mixture.radius + 4.0 * run.config.mixture.std;
     let range = Some(((-r, r), (-r, r)));
     for (file, panels) in figures {
@@ -488,7 +488,7 @@ fn write_scatter_figures(
     Ok(())
 }
 
-fn write_histograms(run: &Run<Config>, histograms: &Histograms) -> Result<()> {
+fn write_histograms(run: &Run<Config>, histograms: &Panels) -> Result<()> {
     let (lo, hi, bins) = (-4.5, 4.5, 60);
     let width = (hi - lo) / bins as f64;
     let centres: Vec<f64> = (0..bins).map(|i| lo + (i as f64 + 0.5) * width).collect();

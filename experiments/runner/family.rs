@@ -108,6 +108,7 @@ fn c_noise(level: &NoiseLevel) -> f64 {
 pub const FLOW_TIME_SCALE: f64 = 1000.0;
 
 /// What is trained and how it is sampled.
+#[allow(clippy::large_enum_variant)] // one per run
 pub enum Family {
     /// DDPM: the loss and its schedule.
     Ddpm {

@@ -41,7 +41,7 @@ impl NoisyClassifierLoss {
     }
 }
 
-/// The mean cross-entropy −(1/n) Σᵢ log softmax(logitsᵢ)[cᵢ] of logits `[n, classes]`.
+/// The mean cross-entropy −(1/n) Σᵢ log softmax(logitsᵢ)\[cᵢ\] of logits `[n, classes]`.
 pub fn cross_entropy(logits: Tensor<2>, labels: &[usize]) -> Result<Tensor<1>> {
     let [n, classes] = logits.dims();
     if labels.len() != n {

@@ -24,6 +24,7 @@ use crate::vp_step::{VpStep, generalized_step};
 
 /// The known part of the data.
 #[derive(Clone, Debug)]
+#[allow(clippy::large_enum_variant)] // one per sampling run; a box would only add a hop
 pub enum KnownRegion {
     /// Features where the mask is 1 are known, 0 unknown; `[n, features]` or `[1, features]`.
     Mask(Tensor<2>),
@@ -75,7 +76,7 @@ impl KnownRegion {
                 }
             }
             Self::Gray { channels } => {
-                if *channels < 2 || features % channels != 0 {
+                if *channels < 2 || !features.is_multiple_of(*channels) {
                     return invalid(format!(
                         "colourisation needs at least 2 channels dividing the {features} features, \
                          got {channels} channels"

@@ -11,6 +11,8 @@
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -115,6 +117,36 @@ fn padded(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// A white PNG at `path` for a row of `count` panels of `panel` pixels each.
+fn panel_row(path: &Path, count: usize, panel: (u32, u32)) -> Result<DrawingArea<BitMapBackend<'_>, Shift>> {
+    let width = panel.0 * count.max(1) as u32;
+    let root = BitMapBackend::new(path, (width, panel.1)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(path, e))?;
+    Ok(root)
+}
+
+/// The axes of one panel: its title, the common ranges, a light mesh.
+fn panel_axes<'a, 'b>(
+    path: &Path,
+    area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
+    title: &str,
+    ((x0, x1), (y0, y1)): ((f64, f64), (f64, f64)),
+) -> Result<ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(40)
+        .build_cartesian_2d(x0..x1, y0..y1)
+        .map_err(|e| err(path, e))?;
+    chart
+        .configure_mesh()
+        .light_line_style(WHITE)
+        .draw()
+        .map_err(|e| err(path, e))?;
+    Ok(chart)
+}
+
 /// Draws point clouds on common axes into a PNG of `size` pixels. Non-finite points are
 /// skipped. With `range` = `Some(((x0, x1), (y0, y1)))` the axes are fixed.
 pub fn scatter(
@@ -152,23 +184,9 @@ pub fn scatter_panels(
     };
     let ((x0, x1), (y0, y1)) =
         range.unwrap_or_else(|| (padded(all().map(|p| p[0])), padded(all().map(|p| p[1]))));
-    let width = panel.0 * panels.len().max(1) as u32;
-    let root = BitMapBackend::new(path, (width, panel.1)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(path, e))?;
-    let areas = root.split_evenly((1, panels.len().max(1)));
-    for (area, p) in areas.iter().zip(panels) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(p.title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(30)
-            .y_label_area_size(40)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| err(path, e))?;
-        chart
-            .configure_mesh()
-            .light_line_style(WHITE)
-            .draw()
-            .map_err(|e| err(path, e))?;
+    let root = panel_row(path, panels.len(), panel)?;
+    for (area, p) in root.split_evenly((1, panels.len().max(1))).iter().zip(panels) {
+        let mut chart = panel_axes(path, area, p.title, ((x0, x1), (y0, y1)))?;
         for cloud in p.clouds {
             let color = rgb(cloud.color);
             let points = cloud
@@ -292,23 +310,9 @@ pub fn trajectories(
     };
     let ((x0, x1), (y0, y1)) =
         range.unwrap_or_else(|| (padded(all().map(|p| p[0])), padded(all().map(|p| p[1]))));
-    let width = panel.0 * panels.len().max(1) as u32;
-    let root = BitMapBackend::new(path, (width, panel.1)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(path, e))?;
-    let areas = root.split_evenly((1, panels.len().max(1)));
-    for (area, p) in areas.iter().zip(panels) {
-        let mut chart = ChartBuilder::on(area)
-            .caption(p.title, ("sans-serif", 16))
-            .margin(10)
-            .x_label_area_size(25)
-            .y_label_area_size(30)
-            .build_cartesian_2d(x0..x1, y0..y1)
-            .map_err(|e| err(path, e))?;
-        chart
-            .configure_mesh()
-            .light_line_style(WHITE)
-            .draw()
-            .map_err(|e| err(path, e))?;
+    let root = panel_row(path, panels.len(), panel)?;
+    for (area, p) in root.split_evenly((1, panels.len().max(1))).iter().zip(panels) {
+        let mut chart = panel_axes(path, area, p.title, ((x0, x1), (y0, y1)))?;
         let color = rgb(p.color);
         for q in p.paths {
             let pts: Vec<(f64, f64)> = q
