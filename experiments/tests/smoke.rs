@@ -137,7 +137,9 @@ fn flow2d_writes_its_run_folder() {
 
 /// `--smoke`: data in the real format, a few steps with checkpoints and grids, then a resume
 /// that extends the run, sampling and the bound.
-fn image_smoke(bin: &str, name: &str, ddpm: bool) {
+/// `ddpm`: the run exports a diffusers scheduler; `bpd`: it reports bits/dim (the DDPM bound,
+/// or the probability-flow likelihood of score SDEs).
+fn image_smoke(bin: &str, name: &str, ddpm: bool, bpd: bool) {
     let out = std::env::temp_dir().join(format!("{name}-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
     let first = run(
@@ -188,7 +190,7 @@ fn image_smoke(bin: &str, name: &str, ddpm: bool) {
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["steps"], 4);
     assert_eq!(metrics["num_samples"], 6);
-    if ddpm {
+    if bpd {
         assert!(metrics["bits_per_dim"].as_f64().unwrap() > 0.0, "{metrics}");
     } else {
         assert!(metrics["bits_per_dim"].is_null(), "{metrics}");
@@ -205,42 +207,42 @@ fn image_smoke(bin: &str, name: &str, ddpm: bool) {
 
 #[test]
 fn cifar_ddpm_smoke_runs_the_whole_pipeline() {
-    image_smoke(env!("CARGO_BIN_EXE_cifar-ddpm"), "cifar-ddpm", true);
+    image_smoke(env!("CARGO_BIN_EXE_cifar-ddpm"), "cifar-ddpm", true, true);
 }
 
 #[test]
 fn cifar_improved_smoke_runs_the_whole_pipeline() {
-    image_smoke(env!("CARGO_BIN_EXE_cifar-improved"), "cifar-improved", true);
+    image_smoke(env!("CARGO_BIN_EXE_cifar-improved"), "cifar-improved", true, true);
 }
 
 #[test]
 fn shapes_smoke_runs_the_whole_pipeline() {
-    image_smoke(env!("CARGO_BIN_EXE_shapes"), "shapes", true);
+    image_smoke(env!("CARGO_BIN_EXE_shapes"), "shapes", true, true);
 }
 
 #[test]
 fn cifar_dit_smoke_runs_the_whole_pipeline() {
-    image_smoke(env!("CARGO_BIN_EXE_cifar-dit"), "cifar-dit", true);
+    image_smoke(env!("CARGO_BIN_EXE_cifar-dit"), "cifar-dit", true, true);
 }
 
 #[test]
 fn cifar_ncsn_smoke_runs_the_whole_pipeline() {
-    image_smoke(env!("CARGO_BIN_EXE_cifar-ncsn"), "cifar-ncsn", false);
+    image_smoke(env!("CARGO_BIN_EXE_cifar-ncsn"), "cifar-ncsn", false, false);
 }
 
 #[test]
 fn cifar_sde_smoke_runs_the_whole_pipeline() {
-    image_smoke(env!("CARGO_BIN_EXE_cifar-sde"), "cifar-sde", false);
+    image_smoke(env!("CARGO_BIN_EXE_cifar-sde"), "cifar-sde", false, true);
 }
 
 #[test]
 fn cifar_edm_smoke_runs_the_whole_pipeline() {
-    image_smoke(env!("CARGO_BIN_EXE_cifar-edm"), "cifar-edm", false);
+    image_smoke(env!("CARGO_BIN_EXE_cifar-edm"), "cifar-edm", false, false);
 }
 
 #[test]
 fn cifar_flow_smoke_runs_the_whole_pipeline() {
-    image_smoke(env!("CARGO_BIN_EXE_cifar-flow"), "cifar-flow", false);
+    image_smoke(env!("CARGO_BIN_EXE_cifar-flow"), "cifar-flow", false, false);
 }
 
 #[test]
