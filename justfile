@@ -56,6 +56,7 @@ fixtures python="python3":
     {{python}} scripts/fixtures/inception.py
     {{python}} scripts/fixtures/fid.py
     {{python}} scripts/fixtures/guidance.py
+    {{python}} scripts/fixtures/edm.py
 
 # Benchmarks (docs/performance.md): the dense-kernel ceiling, U-Net and DiT training steps,
 # U-Net sampling throughput and each sampler's per-step overhead; medians, images/s, GFLOP/s,
