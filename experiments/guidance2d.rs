@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::{DType, Int, Tensor, TensorData};
+use burn::tensor::{DType, Tensor, TensorData};
 use clap::Parser;
 use diffusion_core::noise::{NoiseSource, SampleNoise};
 use diffusion_core::tensor::to_f64;
@@ -145,22 +145,6 @@ fn mixture(cfg: &MixtureConfig) -> Result<(GaussianMixture, Vec<Vec<usize>>)> {
     Ok((m, classes))
 }
 
-/// ∇ₓ log p(c | x) of the exact noisy classifier, by reverse-mode autodiff.
-fn exact_classifier_grad<'a>(
-    m: &'a GaussianMixture,
-    classes: &'a [Vec<usize>],
-    c: usize,
-) -> impl Fn(Tensor<2>, NoiseLevel) -> Tensor<2> + 'a {
-    move |x: Tensor<2>, level: NoiseLevel| {
-        let input = x.clone().without_autodiff().autodiff().require_grad();
-        let lp = m.class_log_posterior(input.clone(), level, classes);
-        let [n, _] = lp.dims();
-        let pick = Tensor::<2, Int>::from_data(TensorData::new(vec![c as i64; n], [n, 1]), &lp.device());
-        let grads = lp.gather(1, pick).sum().backward();
-        input.grad(&grads).unwrap_or_else(|| x.zeros_like())
-    }
-}
-
 struct Setup {
     m: GaussianMixture,
     classes: Vec<Vec<usize>>,
@@ -294,7 +278,7 @@ fn run(args: &Args) -> Result<()> {
     for &s in &cfg.sample.classifier_scales {
         let guided = ClassifierGuidance {
             base: &m,
-            grad_log_p: exact_classifier_grad(&m, &classes, c),
+            grad_log_p: |x: Tensor<2>, level: NoiseLevel| m.class_log_posterior_grad(x, level, &classes, c),
             scale: s,
         };
         let x = sample(&guided, &heun, 2)?;
@@ -443,15 +427,9 @@ fn inpaint(
     Ok((metrics, floor, histograms))
 }
 
-/// 1-Wasserstein distance between two equally sized 1-D samples.
+/// W₁ between two 1-D samples.
 fn w1(a: &[f64], b: &[f64]) -> f64 {
-    let sorted = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v
-    };
-    let (a, b) = (sorted(a), sorted(b));
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len().max(1) as f64
+    diffusion_metrics::wasserstein_1d_pow(a.to_vec(), b.to_vec(), 1.0)
 }
 
 fn write_scatter_figures(run: &Run<Config>, figures: &[Figure], exact: &[f64]) -> Result<()> {

@@ -30,17 +30,7 @@ fn classifier_grad(
     classes: &[Vec<usize>],
     c: usize,
 ) -> impl Fn(Tensor<2>, NoiseLevel) -> Tensor<2> {
-    move |x: Tensor<2>, level: NoiseLevel| {
-        let input = x.clone().without_autodiff().autodiff().require_grad();
-        let lp = m.class_log_posterior(input.clone(), level, classes);
-        let [n, _] = lp.dims();
-        let pick = Tensor::<2, Int>::from_data(
-            burn::tensor::TensorData::new(vec![c as i64; n], [n, 1]),
-            &lp.device(),
-        );
-        let grads = lp.gather(1, pick).sum().backward();
-        input.grad(&grads).expect("x is on the tape")
-    }
+    move |x: Tensor<2>, level: NoiseLevel| m.class_log_posterior_grad(x, level, classes, c)
 }
 
 fn max_abs(a: &Tensor<2>, b: &Tensor<2>) -> f64 {

@@ -76,15 +76,9 @@ fn repaint_reproduces_diffusers_repaint_pipeline() {
     }
 }
 
-/// 1-Wasserstein distance between two equally sized 1-D samples (sorted matching).
+/// W₁ between two 1-D samples.
 fn w1(a: &[f64], b: &[f64]) -> f64 {
-    let sort = |v: &[f64]| {
-        let mut v = v.to_vec();
-        v.sort_by(f64::total_cmp);
-        v
-    };
-    let (a, b) = (sort(a), sort(b));
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum::<f64>() / a.len() as f64
+    diffusion_metrics::wasserstein_1d_pow(a.to_vec(), b.to_vec(), 1.0)
 }
 
 fn column(rows: &[f64], d: usize, j: usize) -> Vec<f64> {

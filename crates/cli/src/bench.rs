@@ -254,9 +254,11 @@ fn model_bench(b: &ModelBench, train: bool) -> Result<()> {
     let device = b.backend.open().map_err(|e| usage(e.to_string()))?;
     let flops_per_image = config.forward_flops() * if train { 3.0 } else { 1.0 };
     reset_peak_memory();
+    let params;
     let times = if train {
         let device = device.autodiff();
         let mut model = Some(config.init(&device));
+        params = model.as_ref().map_or(0, |m| m.num_params());
         let mut optim = AdamWConfig::new().init();
         let (x, t, cond) = inputs(&config, model.as_ref().expect("model"), b.batch, &device);
         let target = x.clone().zeros_like().add_scalar(0.1);
@@ -270,6 +272,7 @@ fn model_bench(b: &ModelBench, train: bool) -> Result<()> {
         })
     } else {
         let model = config.init(&device);
+        params = model.num_params();
         let (x, t, cond) = inputs(&config, &model, b.batch, &device);
         time_iterations(b.warmup, b.iters, &device, || {
             let _ = model.forward_flat(x.clone(), t.clone(), &cond);
@@ -300,19 +303,11 @@ fn model_bench(b: &ModelBench, train: bool) -> Result<()> {
             "iters": b.iters, "warmup": b.warmup, "seconds": times, "median_s": median,
             "images_per_s": images_per_s, "gflop_per_image": flops_per_image / 1e9,
             "gflops_achieved": gflops, "peak_rss_bytes": peak,
-            "params": config_params(&config),
+            "params": params,
         });
         write_json(path, &value)?;
     }
     Ok(())
-}
-
-fn config_params(config: &ModelConfig) -> usize {
-    match config {
-        ModelConfig::Unet(c) => c.num_params(),
-        ModelConfig::Dit(c) => c.num_params(),
-        ModelConfig::Mlp(c) => c.init(&Device::default()).num_params(),
-    }
 }
 
 fn write_json(path: &PathBuf, value: &serde_json::Value) -> Result<()> {

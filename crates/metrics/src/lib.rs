@@ -27,4 +27,4 @@ pub use inception_score::inception_score;
 pub use kid::kid;
 pub use mmd::mmd_squared;
 pub use precision_recall::precision_recall;
-pub use sliced_wasserstein::sliced_wasserstein;
+pub use sliced_wasserstein::{sliced_wasserstein, wasserstein_1d_pow};

@@ -162,13 +162,24 @@ where
 
     /// ∇ₓ log p_φ(cᵢ | xᵢ) for each sample's label, `[n, d]`, by one reverse pass.
     pub fn grad_log_prob(&self, x: Tensor<2>, level: NoiseLevel) -> Tensor<2> {
-        let input = x.clone().without_autodiff().autodiff().require_grad();
-        let log_probs = self.log_probs(input.clone(), level);
-        let [n, classes] = log_probs.dims();
-        let picked = one_hot(&self.labels, n, classes, &log_probs);
-        let grads = (log_probs * picked).sum().backward();
-        input.grad(&grads).unwrap_or_else(|| x.zeros_like())
+        grad_log_prob_of(|x| self.log_probs(x, level), x, &self.labels)
     }
+}
+
+/// ∇ₓ log p(cᵢ | xᵢ), `[n, d]`, of any classifier given as its table of log-probabilities
+/// `log_probs(x) → [n, classes]`, by one reverse pass at a leaf copy of x; labels cycle over
+/// the batch (one label guides every sample).
+pub fn grad_log_prob_of(
+    log_probs: impl Fn(Tensor<2>) -> Tensor<2>,
+    x: Tensor<2>,
+    labels: &[usize],
+) -> Tensor<2> {
+    let input = x.clone().without_autodiff().autodiff().require_grad();
+    let table = log_probs(input.clone());
+    let [n, classes] = table.dims();
+    let picked = one_hot(labels, n, classes, &table);
+    let grads = (table * picked).sum().backward();
+    input.grad(&grads).unwrap_or_else(|| x.zeros_like())
 }
 
 /// Row i is the indicator of `labels[i % len]`, `[n, classes]`, like `like`.

@@ -72,7 +72,7 @@ pub use dpm_solver::{DpmSolverAdaptive, DpmSolverFast};
 pub use edm::EdmSampler;
 pub use edm_precond::{EdmDenoiser, EdmLoss, EdmPreconditioning};
 pub use flow::{FlowConvention, FlowModel, velocity};
-pub use guidance::{ClassifierFree, ClassifierGuidance, NoisyClassifier, batched_cfg};
+pub use guidance::{ClassifierFree, ClassifierGuidance, NoisyClassifier, batched_cfg, grad_log_prob_of};
 pub use inpaint::{KnownRegion, RePaint, UndoRule, repaint_path};
 pub use level::NoiseLevel;
 pub use lms::Lms;

@@ -318,6 +318,19 @@ impl GaussianMixture {
         Tensor::cat(columns, 1) - post.log_prob.reshape([n, 1])
     }
 
+    /// ∇ₓ log p(c | x) of the exact noisy classifier for class `class`, `[n, d]`, by
+    /// reverse-mode autodiff of [`class_log_posterior`](Self::class_log_posterior): the
+    /// `grad_log_p` of exact classifier guidance.
+    pub fn class_log_posterior_grad(
+        &self,
+        x: Tensor<2>,
+        level: NoiseLevel,
+        classes: &[Vec<usize>],
+        class: usize,
+    ) -> Tensor<2> {
+        crate::guidance::grad_log_prob_of(|x| self.class_log_posterior(x, level, classes), x, &[class])
+    }
+
     /// D(x) = E[x₀ | x] at the noise level (α, σ), per sample or shared.
     pub fn denoise_at(&self, x: Tensor<2>, alpha: &[f64], sigma: &[f64]) -> Tensor<2> {
         self.posterior(x, alpha, sigma).denoised

@@ -117,6 +117,14 @@ fn padded(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
+/// `range`, or the padded range of every point `points()` yields (rows of 2).
+fn common_range<'p, I: Iterator<Item = &'p [f64]>>(
+    range: Option<((f64, f64), (f64, f64))>,
+    points: impl Fn() -> I,
+) -> ((f64, f64), (f64, f64)) {
+    range.unwrap_or_else(|| (padded(points().map(|p| p[0])), padded(points().map(|p| p[1]))))
+}
+
 /// A white PNG at `path` for a row of `count` panels of `panel` pixels each.
 fn panel_row(path: &Path, count: usize, panel: (u32, u32)) -> Result<DrawingArea<BitMapBackend<'_>, Shift>> {
     let width = panel.0 * count.max(1) as u32;
@@ -177,13 +185,11 @@ pub fn scatter_panels(
     range: Option<((f64, f64), (f64, f64))>,
 ) -> Result<()> {
     register_font();
-    let all = || {
+    let ((x0, x1), (y0, y1)) = common_range(range, || {
         panels
             .iter()
             .flat_map(|p| p.clouds.iter().flat_map(|c| c.xy.chunks_exact(2)))
-    };
-    let ((x0, x1), (y0, y1)) =
-        range.unwrap_or_else(|| (padded(all().map(|p| p[0])), padded(all().map(|p| p[1]))));
+    });
     let root = panel_row(path, panels.len(), panel)?;
     for (area, p) in root.split_evenly((1, panels.len().max(1))).iter().zip(panels) {
         let mut chart = panel_axes(path, area, p.title, ((x0, x1), (y0, y1)))?;
@@ -303,13 +309,11 @@ pub fn trajectories(
     range: Option<((f64, f64), (f64, f64))>,
 ) -> Result<()> {
     register_font();
-    let all = || {
+    let ((x0, x1), (y0, y1)) = common_range(range, || {
         panels
             .iter()
             .flat_map(|p| p.paths.iter().flat_map(|q| q.chunks_exact(2)))
-    };
-    let ((x0, x1), (y0, y1)) =
-        range.unwrap_or_else(|| (padded(all().map(|p| p[0])), padded(all().map(|p| p[1]))));
+    });
     let root = panel_row(path, panels.len(), panel)?;
     for (area, p) in root.split_evenly((1, panels.len().max(1))).iter().zip(panels) {
         let mut chart = panel_axes(path, area, p.title, ((x0, x1), (y0, y1)))?;
