@@ -198,6 +198,7 @@ fn init_device(run: &Run<Config>) -> Device {
 }
 
 fn run(args: &CommonArgs) -> Result<()> {
+    args.one_device("flow2d")?;
     let run: Run<Config> = Run::start("flow2d", include_str!("configs/flow2d.toml"), args)?;
     let cfg = &run.config;
     let fail = |e: &dyn std::fmt::Display| RunError::Failed(e.to_string());

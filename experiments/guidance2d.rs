@@ -204,6 +204,7 @@ impl Setup {
 
 fn run(args: &Args) -> Result<()> {
     let common = &args.common;
+    common.one_device("guidance2d")?;
     let mut run: Run<Config> = Run::start("guidance2d", include_str!("configs/guidance2d.toml"), common)?;
     if args.smoke {
         let c = &mut run.config;

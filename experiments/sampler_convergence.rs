@@ -60,6 +60,7 @@ struct Row {
 }
 
 fn run(args: &CommonArgs) -> Result<()> {
+    args.one_device("sampler-convergence")?;
     let run: Run<Config> = Run::start(
         "sampler-convergence",
         include_str!("configs/sampler-convergence.toml"),

@@ -127,6 +127,7 @@ fn k_diffusion_sampler(case: &Value) -> std::result::Result<Box<dyn Sampler>, St
 }
 
 fn run(args: &CommonArgs) -> Result<()> {
+    args.one_device("sampler-parity")?;
     let run: Run<Config> = Run::start(
         "sampler-parity",
         include_str!("configs/sampler-parity.toml"),

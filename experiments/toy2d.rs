@@ -106,6 +106,7 @@ fn main() {
 }
 
 fn run(args: &CommonArgs) -> Result<()> {
+    args.one_device("toy2d")?;
     let run: Run<Config> = Run::start("toy2d", include_str!("configs/toy2d.toml"), args)?;
     let cfg = &run.config;
     let fail = |e: &dyn std::fmt::Display| RunError::Failed(e.to_string());

@@ -475,7 +475,7 @@ fn data_parallel_step_equals_the_single_device_step() {
     let devices = [device.clone(), device.clone()];
     let two = data_parallel_step(m.clone(), &mut multi, lr, &devices, |replica, shard, _dev| {
         let lo = shard as u64 * 8;
-        objective.loss_of(replica, 0, lo..lo + 8).div_scalar(2.0)
+        objective.loss_of(replica, 0, lo..lo + 8)
     });
     let (a, b) = (params(&one), params(&two));
     let moved: f64 = a

@@ -75,6 +75,16 @@ pub struct ImageConfig {
     pub score: Option<crate::family::ScoreSection>,
 }
 
+/// One device's share of a micro-batch, on the host.
+struct Shard {
+    /// Images, row-major `[per, C·H·W]`.
+    pixels: Vec<f32>,
+    /// Their labels.
+    labels: Vec<u32>,
+    /// The training-stream position of the first.
+    first: u64,
+}
+
 /// `[data]`.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct DataSection {
@@ -623,6 +633,13 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         ));
     }
     let micro = t.batch_size / k;
+    if !micro.is_multiple_of(run.devices.len()) {
+        return Err(RunError::Config(format!(
+            "--devices: the micro-batch of {micro} (train.batch_size / train.grad_accumulation) \
+             does not split evenly over {} devices",
+            run.devices.len()
+        )));
+    }
     let train_cfg = TrainConfig::new()
         .with_steps(t.steps)
         .with_lr(t.lr)
@@ -690,39 +707,46 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
             .unwrap_or_else(|e| panic!("sampling a grid: {e}"))
         },
     );
+    // Each micro-batch is split evenly over the devices; shard d holds examples
+    // first + d·per … of the training stream, so every example's noise and label dropout are
+    // the same however many devices share the batch.
+    let per = micro / run.devices.len();
+    let shards = |step: usize, j: usize| -> Vec<Shard> {
+        let index = step * k + j;
+        let batch = stream.next().expect("the loader never ends");
+        assert_eq!(batch.step, index, "batches arrive in order");
+        (0..run.devices.len())
+            .map(|d| Shard {
+                pixels: batch.pixels[d * per * features..(d + 1) * per * features].to_vec(),
+                labels: batch.labels[d * per..(d + 1) * per].to_vec(),
+                first: (index * micro + d * per) as u64,
+            })
+            .collect()
+    };
+    let shard_loss = |m: &Model, shard: Shard, ad: &Device| {
+        let x0 = Tensor::<2>::from_data(
+            TensorData::new(shard.pixels, [per, features]),
+            (ad, compute_dtype),
+        );
+        let positions = shard.first..shard.first + per as u64;
+        // A class-conditional model sees each label, or the null label with the dropout
+        // probability (a uniform per example of the training stream).
+        let cond = match class_dropout {
+            Some(p) => {
+                let labels: Vec<i64> = shard.labels.iter().map(|&l| l as i64).collect();
+                let u = SampleNoise::range(cfg.seed ^ 0xc1a5, positions.clone()).uniform(1);
+                let kept = drop_labels(&labels, &u, p, classes as i64);
+                Conditioning {
+                    class_labels: Some(Tensor::from_data(TensorData::new(kept, [per]), ad)),
+                    context: None,
+                }
+            }
+            None => Conditioning::default(),
+        };
+        family.loss(&|x, t| m.forward_flat(x, t, &cond), x0, positions, cfg.seed)
+    };
     trainer
-        .run(
-            |m, step, j| {
-                let index = step * k + j;
-                let batch = stream.next().expect("the loader never ends");
-                assert_eq!(batch.step, index, "batches arrive in order");
-                let x0 =
-                    Tensor::<4>::from_data(TensorData::new(batch.pixels, batch.shape), (&ad, compute_dtype))
-                        .reshape([micro, features]);
-                let first = (index * micro) as u64;
-                // A class-conditional model sees each label, or the null label with the
-                // dropout probability (a uniform per example of the training stream).
-                let cond = match class_dropout {
-                    Some(p) => {
-                        let labels: Vec<i64> = batch.labels.iter().map(|&l| l as i64).collect();
-                        let u = SampleNoise::range(cfg.seed ^ 0xc1a5, first..first + micro as u64).uniform(1);
-                        let kept = drop_labels(&labels, &u, p, classes as i64);
-                        Conditioning {
-                            class_labels: Some(Tensor::from_data(TensorData::new(kept, [micro]), &ad)),
-                            context: None,
-                        }
-                    }
-                    None => Conditioning::default(),
-                };
-                family.loss(
-                    &|x, t| m.forward_flat(x, t, &cond),
-                    x0,
-                    first..first + micro as u64,
-                    cfg.seed,
-                )
-            },
-            &mut grid,
-        )
+        .run_data_parallel(&run.devices, shards, shard_loss, &mut grid)
         .map_err(fail)?;
     drop(grid);
     let train_seconds = start.elapsed().as_secs_f64();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use clap::Parser;
-use diffusion_core::{DeviceSpec, Precision};
+use diffusion_core::{BackendKind, DeviceSpec, Precision};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -65,14 +65,84 @@ pub struct CommonArgs {
     /// The seed of the run (overrides `seed` in the configuration).
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Data-parallel training: a count N (N devices of `--backend`: `cuda:0`…`cuda:N-1`; on a
+    /// CPU backend N workers share the one device) or a comma list (`cuda:0,cuda:1`). The
+    /// batch is split evenly; the first device holds the model, optimiser and sampling.
+    #[arg(long)]
+    pub devices: Option<DeviceList>,
+}
+
+impl CommonArgs {
+    /// Refuses `--devices` with more than one device, for experiment `name`, which does not
+    /// train data-parallel (before its run folder is made).
+    pub fn one_device(&self, name: &str) -> Result<()> {
+        match self.devices.as_ref().map(|d| d.specs(&self.backend).len()) {
+            None | Some(1) => Ok(()),
+            Some(n) => Err(RunError::Config(format!(
+                "--devices: {name} runs on one device, not {n}; data-parallel training is for \
+                 the image experiments (shapes, cifar-*)"
+            ))),
+        }
+    }
+}
+
+/// The devices of `--devices`: a count or a list of device specs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeviceList {
+    /// N devices of the `--backend` backend.
+    Count(usize),
+    /// These devices, in order.
+    List(Vec<DeviceSpec>),
+}
+
+impl std::str::FromStr for DeviceList {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if let Ok(n) = s.trim().parse::<usize>() {
+            return match n {
+                0 => Err("--devices 0: give at least one device".into()),
+                n => Ok(Self::Count(n)),
+            };
+        }
+        s.split(',')
+            .map(|item| {
+                item.parse::<DeviceSpec>()
+                    .map_err(|e| format!("--devices {s}: {e}"))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map(Self::List)
+    }
+}
+
+impl DeviceList {
+    /// The device specs, with `backend` for a count.
+    pub fn specs(&self, backend: &DeviceSpec) -> Vec<DeviceSpec> {
+        match self {
+            Self::List(specs) => specs.clone(),
+            Self::Count(n) => (0..*n)
+                .map(|i| DeviceSpec {
+                    backend: backend.backend,
+                    // CPU backends have one device, shared by the workers.
+                    index: match backend.backend {
+                        BackendKind::Flex | BackendKind::NdArray => None,
+                        _ => Some(backend.index.unwrap_or(0) + i),
+                    },
+                })
+                .collect(),
+        }
+    }
 }
 
 /// A started run: its device, its folder and its resolved configuration.
 pub struct Run<C> {
     /// The experiment's name.
     pub name: String,
-    /// The device everything runs on.
+    /// The device everything runs on (the first of `devices`).
     pub device: Device,
+    /// The devices data-parallel training splits its batches over (`--devices`; by default
+    /// the one `device`).
+    pub devices: Vec<Device>,
     /// The precision of the run.
     pub precision: Precision,
     /// The resolved configuration.
@@ -103,7 +173,15 @@ impl<C: Serialize + DeserializeOwned> Run<C> {
             .clone()
             .try_into()
             .map_err(|e| RunError::Config(format!("{e}")))?;
-        let device = args.backend.open_with(args.dtype)?;
+        let specs = match &args.devices {
+            Some(list) => list.specs(&args.backend),
+            None => vec![args.backend],
+        };
+        let devices = specs
+            .iter()
+            .map(|spec| spec.open_with(args.dtype))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let device = devices[0].clone();
         let dir = match &args.out {
             Some(dir) => dir.clone(),
             None => default_run_dir(name),
@@ -115,6 +193,7 @@ impl<C: Serialize + DeserializeOwned> Run<C> {
         let run = Self {
             name: name.into(),
             device,
+            devices,
             precision: args.dtype,
             config,
             dir,
@@ -277,6 +356,21 @@ mod tests {
                 .contains("unknown key")
         );
         assert!(apply_override(&mut v, "nothing").is_err());
+    }
+
+    #[test]
+    fn device_lists_are_counts_or_specs() {
+        let flex: DeviceSpec = "flex".parse().unwrap();
+        let cuda: DeviceSpec = "cuda:1".parse().unwrap();
+        let two: DeviceList = "2".parse().unwrap();
+        assert_eq!(two.specs(&flex), vec![flex, flex]);
+        let on_cuda: Vec<String> = two.specs(&cuda).iter().map(|s| s.to_string()).collect();
+        assert_eq!(on_cuda, ["cuda:1", "cuda:2"]);
+        let list: DeviceList = "cuda:0, wgpu".parse().unwrap();
+        let named: Vec<String> = list.specs(&flex).iter().map(|s| s.to_string()).collect();
+        assert_eq!(named, ["cuda:0", "wgpu"]);
+        assert!("0".parse::<DeviceList>().is_err());
+        assert!("cuda:0,tpu".parse::<DeviceList>().unwrap_err().contains("tpu"));
     }
 
     #[test]

@@ -371,3 +371,86 @@ fn guidance2d_smoke_writes_its_run_folder() {
     );
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+/// The per-step losses of `metrics.jsonl`.
+fn logged_losses(dir: &std::path::Path) -> Vec<f64> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// `--devices 2` splits each batch over two workers (here both on the test's CPU device):
+/// every example keeps its noise, timestep and label dropout, so the run takes the
+/// single-device run's steps — the losses of later steps depend on every earlier update.
+fn data_parallel_matches_one_device(bin: &str, name: &str) {
+    let dir = |tag: &str| std::env::temp_dir().join(format!("{name}-{tag}-{}", std::process::id()));
+    let mut losses = Vec::new();
+    for (tag, devices) in [("one", None), ("two", Some("2"))] {
+        let out = dir(tag);
+        let _ = std::fs::remove_dir_all(&out);
+        let mut args = vec![
+            "--smoke",
+            "--out",
+            out.to_str().unwrap(),
+            "--set",
+            "train.steps=5",
+        ];
+        if let Some(d) = devices {
+            args.extend(["--devices", d]);
+        }
+        let result = run(bin, &args);
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        losses.push(logged_losses(&out));
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    assert_eq!(losses[0].len(), 5);
+    for (a, b) in losses[0].iter().zip(&losses[1]) {
+        assert!(
+            (a - b).abs() <= 1e-4 * a.abs(),
+            "{name}: {:?} vs {:?}",
+            losses[0],
+            losses[1]
+        );
+    }
+    // The run is not trivially the same: the loss moves from step to step.
+    assert!((losses[0][0] - losses[0][4]).abs() > 1e-3, "{:?}", losses[0]);
+}
+
+#[test]
+fn data_parallel_training_takes_the_single_device_steps() {
+    data_parallel_matches_one_device(env!("CARGO_BIN_EXE_shapes"), "shapes-dp");
+    data_parallel_matches_one_device(env!("CARGO_BIN_EXE_cifar-dit"), "dit-dp");
+}
+
+#[test]
+fn devices_that_do_not_fit_are_refused() {
+    let out = std::env::temp_dir().join(format!("dp-bad-{}", std::process::id()));
+    let result = run(
+        env!("CARGO_BIN_EXE_shapes"),
+        &["--smoke", "--out", out.to_str().unwrap(), "--devices", "3"],
+    );
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(!result.status.success());
+    assert!(
+        stderr.contains("does not split evenly over 3 devices"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+    let result = run(
+        env!("CARGO_BIN_EXE_toy2d"),
+        &["--out", out.to_str().unwrap(), "--devices", "flex,flex"],
+    );
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert!(stderr.contains("toy2d runs on one device"), "{stderr}");
+    assert!(!out.exists(), "no run folder is made for a refused run");
+}

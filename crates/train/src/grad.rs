@@ -103,13 +103,17 @@ pub fn clip_grad_norm<M: Module>(grads: &mut GradientsParams, model: &M, max_nor
     norm
 }
 
-/// Adds the gradients of `other` into `acc` (micro-batch accumulation).
+/// Adds the gradients of `other` into `acc` (micro-batch accumulation), on the device of the
+/// gradients already in `acc` (the shards of a data-parallel step come from other devices).
 pub fn accumulate<M: Module>(acc: &mut GradientsParams, mut other: GradientsParams, model: &M) {
     for (id, rank) in ids(model) {
         with_rank!(rank, D => {
             if let Some(g) = other.remove::<D>(id) {
                 let sum = match acc.remove::<D>(id) {
-                    Some(a) => a + g,
+                    Some(a) => {
+                        let device = a.device();
+                        a + g.to_device(&device)
+                    }
                     None => g,
                 };
                 acc.register::<D>(id, sum);

@@ -26,5 +26,5 @@ pub use config::{ComputePrecision, EmaSpec, LrDecay, NanPolicy, TrainConfig};
 pub use ema::{Ema, EmaSchedule};
 pub use error::TrainError;
 pub use grid::SampleGrid;
-pub use parallel::data_parallel_step;
+pub use parallel::{data_parallel_step, sharded_gradients};
 pub use trainer::{LogRecord, NoHooks, TrainHooks, Trainer, cast_copy, train};

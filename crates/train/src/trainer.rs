@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint};
@@ -21,6 +21,7 @@ use crate::config::{ComputePrecision, NanPolicy, TrainConfig};
 use crate::ema::Ema;
 use crate::error::{Result, TrainError};
 use crate::grad::{accumulate, clip_grad_norm, grad_norm};
+use crate::parallel::sharded_gradients;
 use crate::progress::Progress;
 
 /// One line of the training log.
@@ -59,6 +60,10 @@ pub trait TrainHooks<M> {
 pub struct NoHooks;
 
 impl<M> TrainHooks<M> for NoHooks {}
+
+/// The gradients of a micro-batch: `(model, step, micro)` → its loss and the gradients of its
+/// share of the step's loss.
+type GradsOf<'a, M> = dyn FnMut(&M, usize, usize) -> Result<(f64, GradientsParams)> + 'a;
 
 /// A training run: the online model, its optimiser, its EMAs and where it is.
 pub struct Trainer<M: Module> {
@@ -220,6 +225,71 @@ impl<M: Module> Trainer<M> {
         mut loss: impl FnMut(&M, usize, usize) -> Tensor<1>,
         hooks: &mut dyn TrainHooks<M>,
     ) -> Result<()> {
+        let precision = self.config.compute;
+        let weight = 1.0 / self.config.grad_accumulation as f64;
+        self.run_with(
+            &mut |model, step, micro| {
+                // The weights the loss sees: the f32 masters, or their bf16 copy on the tape.
+                let compute = match precision {
+                    ComputePrecision::F32 => None,
+                    ComputePrecision::Bf16 => Some(cast_copy(model, precision.dtype())),
+                };
+                let l = loss(compute.as_ref().unwrap_or(model), step, micro);
+                let value = l.clone().detach().into_scalar::<f64>();
+                Ok((
+                    value,
+                    GradientsParams::from_grads(l.mul_scalar(weight).backward(), model),
+                ))
+            },
+            hooks,
+        )
+    }
+
+    /// Runs until `config.steps` steps are done, each micro-batch split over `devices` (data
+    /// parallelism; the model lives on the first). `shards(step, micro)` prepares the
+    /// micro-batch as one equal-sized shard per device, on the host; `loss(replica, shard,
+    /// device)` returns the mean loss of a shard computed on `device` (autodiff). The step is
+    /// the single-device step on the whole micro-batch: see [`sharded_gradients`].
+    pub fn run_data_parallel<S: Send>(
+        &mut self,
+        devices: &[Device],
+        mut shards: impl FnMut(usize, usize) -> Vec<S>,
+        loss: impl Fn(&M, S, &Device) -> Tensor<1> + Sync,
+        hooks: &mut dyn TrainHooks<M>,
+    ) -> Result<()>
+    where
+        M: Send,
+    {
+        if devices.is_empty() {
+            return Err(TrainError::Config(
+                "data parallelism needs at least one device".into(),
+            ));
+        }
+        let precision = self.config.compute;
+        let weight = 1.0 / self.config.grad_accumulation as f64;
+        self.run_with(
+            &mut |model, step, micro| {
+                let parts = shards(step, micro);
+                if parts.len() != devices.len() {
+                    return Err(TrainError::Config(format!(
+                        "{} shards for {} devices: give one shard per device",
+                        parts.len(),
+                        devices.len()
+                    )));
+                }
+                Ok(sharded_gradients(model, devices, parts, precision, weight, &loss))
+            },
+            hooks,
+        )
+    }
+
+    /// The training loop: `grads_of(model, step, micro)` returns the loss of a micro-batch and
+    /// the gradients of its share of the step's loss (already divided by the accumulation).
+    fn run_with(
+        &mut self,
+        grads_of: &mut GradsOf<'_, M>,
+        hooks: &mut dyn TrainHooks<M>,
+    ) -> Result<()> {
         let config = self.config.clone();
         let progress = Progress::new(config.steps, self.step, self.run_dir.as_deref(), self.quiet);
         progress.restart_log(&self.log);
@@ -234,16 +304,16 @@ impl<M: Module> Trainer<M> {
             let mut grads = GradientsParams::new();
             let mut step_loss = 0.0;
             let k = config.grad_accumulation;
-            // The weights the loss sees: the f32 masters, or their bf16 copy on the tape.
-            let compute = match config.compute {
-                ComputePrecision::F32 => None,
-                ComputePrecision::Bf16 => Some(cast_copy(&model, config.compute.dtype())),
-            };
             for micro in 0..k {
-                let l = loss(compute.as_ref().unwrap_or(&model), step, micro);
-                let value: f64 = l.clone().detach().into_scalar::<f64>();
+                let (value, g) = match grads_of(&model, step, micro) {
+                    Ok(result) => result,
+                    Err(e) => {
+                        self.model = Some(model);
+                        progress.finish();
+                        return Err(e);
+                    }
+                };
                 step_loss += value / k as f64;
-                let g = GradientsParams::from_grads(l.div_scalar(k as f64).backward(), &model);
                 accumulate(&mut grads, g, &model);
             }
             if !step_loss.is_finite() {

@@ -1,0 +1,256 @@
+"""A PyTorch / diffusers reference run of experiments/configs/shapes.toml.
+
+Purpose: tell whether blurry samples from our Rust `shapes` experiment are a limit of the
+training budget (PyTorch is just as blurry after the same steps) or a bug on our side
+(PyTorch draws recognisable shapes and we don't).
+
+It reproduces, as closely as a short script can:
+  data       crates/data/src/shapes.rs: one coloured disc / square / triangle per 32x32 image,
+             radius r = size * (0.18 + 0.14 u), 4x4 supersampled edges, the 10-colour palette,
+             shape colour != background. numpy's RNG replaces ChaCha12 (same distribution, not
+             the same images). 20000 training images in [-1, 1], random horizontal flips.
+  model      diffusers UNet2DModel with the ddpm-cifar10 preset (crates/backbones/src/presets.rs,
+             scripts/fixtures/backbones.py DDPM_CIFAR10_32) narrowed as shapes.toml says:
+             channels (32, 64, 64), attention at level 2, 1 layer per block, 16 groups, no
+             dropout. Our count is 1,113,955 parameters; the script checks it.
+  training   DDPM linear betas 1e-4..0.02, T = 1000, epsilon-prediction MSE (L_simple),
+             batch 32, AdamW(0.9, 0.999, eps 1e-8, weight decay 0), lr 1e-3 with 100 linear
+             warm-up steps then cosine to 0 at --steps (TrainConfig::lr_at), grad-norm clip 1.0,
+             EMA with decay min(0.999, 1 - (1 + step)^(-2/3)) (EmaSchedule::Warmup).
+  sampling   64 samples from the EMA weights, diffusers DDPMScheduler (linear, 1000 steps),
+             set_timesteps(100), ancestral, clipped to [-1, 1]; an 8x8 grid PNG.
+
+Run (CPU, 2 threads):
+  /work/venv/bin/python bench/shapes_pytorch.py --steps 1000
+  /work/venv/bin/python bench/shapes_pytorch.py --steps 3000
+Writes /tmp/shapes_pytorch_{steps}.png (samples) and /tmp/shapes_real.png (64 training images).
+"""
+
+import argparse
+import copy
+import math
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DModel
+from PIL import Image
+
+# The palette of crates/data/src/shapes.rs (RGB).
+PALETTE = np.array(
+    [
+        [230, 57, 70],
+        [244, 162, 97],
+        [233, 196, 106],
+        [42, 157, 143],
+        [38, 70, 83],
+        [69, 123, 157],
+        [168, 218, 220],
+        [241, 250, 238],
+        [131, 56, 236],
+        [255, 190, 11],
+    ],
+    dtype=np.float64,
+)
+
+OUR_PARAMETERS = 1_113_955
+
+
+# ------------------------------------------------------------------------------------------
+# Data
+# ------------------------------------------------------------------------------------------
+def shape_image(rng, size=32):
+    """One image as shapes.rs draws it: ([3, size, size] uint8, label 0 disc/1 square/2 triangle)."""
+
+    def pick(n):
+        return min(int(rng.random() * n), n - 1)
+
+    kind = pick(3)
+    background = pick(len(PALETTE))
+    colour = pick(len(PALETTE) - 1)
+    if colour >= background:
+        colour += 1
+    s = float(size)
+    r = s * (0.18 + 0.14 * rng.random())
+    cx = r + (s - 2.0 * r) * rng.random()
+    cy = r + (s - 2.0 * r) * rng.random()
+    a = 2.0 * math.pi * rng.random()
+
+    # 4x4 sub-pixel sample points, at (x + (sx + 0.5) / 4, y + (sy + 0.5) / 4).
+    sub = (np.arange(4 * size) + 0.5) / 4.0
+    px, py = np.meshgrid(sub, sub)  # [4 size, 4 size], indexed [y, x]
+    dx, dy = px - cx, py - cy
+    u = dx * math.cos(a) + dy * math.sin(a)
+    v = -dx * math.sin(a) + dy * math.cos(a)
+    if kind == 0:
+        inside = dx * dx + dy * dy <= r * r
+    elif kind == 1:
+        inside = (np.abs(u) <= r * 0.8) & (np.abs(v) <= r * 0.8)
+    else:  # equilateral triangle with circumradius r: inside all three edges
+        inside = np.ones_like(u, dtype=bool)
+        for k in range(3):
+            t = 2.0 * math.pi * k / 3.0
+            inside &= u * math.cos(t) + v * math.sin(t) <= r * 0.5
+    w = inside.reshape(size, 4, size, 4).sum(axis=(1, 3)) / 16.0  # coverage per pixel
+    img = w[None] * PALETTE[colour][:, None, None] + (1.0 - w[None]) * PALETTE[background][:, None, None]
+    return np.round(img).astype(np.uint8), kind
+
+
+def shapes(n, seed, size=32):
+    rng = np.random.default_rng(seed)
+    pixels = np.empty((n, 3, size, size), dtype=np.uint8)
+    for i in range(n):
+        pixels[i], _ = shape_image(rng, size)
+    return pixels
+
+
+def save_grid(images, path, nrow=8):
+    """images: [N, 3, H, W] floats in [-1, 1] -> an nrow-wide grid PNG with 2-pixel gaps."""
+    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+    n, c, h, w = images.shape
+    rows = math.ceil(n / nrow)
+    pad = 2
+    grid = np.full((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, img in enumerate(images):
+        y, x = divmod(i, nrow)
+        grid[pad + y * (h + pad) : pad + y * (h + pad) + h, pad + x * (w + pad) : pad + x * (w + pad) + w] = img.transpose(1, 2, 0)
+    Image.fromarray(grid).save(path)
+
+
+# ------------------------------------------------------------------------------------------
+# Model
+# ------------------------------------------------------------------------------------------
+def make_model():
+    # ddpm-cifar10 (presets.rs `ddpm`): additive time conditioning, one attention head
+    # (attention_head_dim=None), conv resampling with one-sided padding (downsample_padding=0),
+    # sin-first embedding with freq_shift=1, norm_eps 1e-6, mid-block attention.
+    return UNet2DModel(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        center_input_sample=False,
+        time_embedding_type="positional",
+        flip_sin_to_cos=False,
+        freq_shift=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        mid_block_scale_factor=1,
+        downsample_padding=0,
+        act_fn="silu",
+        attention_head_dim=None,
+        norm_num_groups=16,
+        norm_eps=1e-6,
+        resnet_time_scale_shift="default",
+        add_attention=True,
+        dropout=0.0,
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Training
+# ------------------------------------------------------------------------------------------
+def lr_at(step, steps, lr=1e-3, warmup=100):
+    """TrainConfig::lr_at: linear warm-up reaching lr at step warmup-1, then cosine to 0."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min((step - warmup) / max(steps - warmup, 1), 1.0)
+    return lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def ema_decay(step, max_decay=0.999, power=2.0 / 3.0):
+    """EmaSchedule::Warmup (inv_gamma 1, min 0): the decay applied after 0-based step `step`."""
+    return min(max_decay, max(0.0, 1.0 - (1.0 + step) ** (-power)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default=None, help="sample grid (default /tmp/shapes_pytorch_{steps}.png)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = args.out or f"/tmp/shapes_pytorch_{args.steps}.png"
+
+    t0 = time.time()
+    data = torch.from_numpy(shapes(20000, args.seed)).float() / 127.5 - 1.0
+    print(f"data: {tuple(data.shape)} in {time.time() - t0:.1f} s")
+    save_grid(data[:64], "/tmp/shapes_real.png")
+
+    model = make_model()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"parameters: {n_params:,} (ours {OUR_PARAMETERS:,}; {'equal' if n_params == OUR_PARAMETERS else 'DIFFERENT'})")
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
+
+    # DDPM forward process: linear betas, T = 1000.
+    T = 1000
+    betas = torch.linspace(1e-4, 0.02, T, dtype=torch.float64)
+    alpha_bar = torch.cumprod(1.0 - betas, 0)
+    sqrt_ab = alpha_bar.sqrt().float()
+    sqrt_1mab = (1.0 - alpha_bar).sqrt().float()
+
+    batch = 32
+    gen = torch.Generator().manual_seed(args.seed)
+    order, pos = torch.randperm(len(data), generator=gen), 0
+    losses = []
+    t_train = time.time()
+    model.train()
+    for step in range(args.steps):
+        if pos + batch > len(order):  # a new epoch, reshuffled
+            order, pos = torch.randperm(len(data), generator=gen), 0
+        x0 = data[order[pos : pos + batch]]
+        pos += batch
+        flip = torch.rand(batch, generator=gen) < 0.5
+        x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        t = torch.randint(0, T, (batch,), generator=gen)
+        eps = torch.randn(x0.shape, generator=gen)
+        xt = sqrt_ab[t][:, None, None, None] * x0 + sqrt_1mab[t][:, None, None, None] * eps
+        loss = F.mse_loss(model(xt, t).sample, eps)
+
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, args.steps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        d = ema_decay(step)
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), model.parameters()):
+                pe.mul_(d).add_(p, alpha=1.0 - d)
+
+        losses.append(loss.item())
+        if (step + 1) % 100 == 0:
+            el = time.time() - t_train
+            print(
+                f"step {step + 1:5d}  loss {np.mean(losses[-100:]):.4f}  lr {lr_at(step, args.steps):.2e}  "
+                f"{el:7.1f} s  {el / (step + 1):.3f} s/step",
+                flush=True,
+            )
+    train_s = time.time() - t_train
+
+    # Ancestral DDPM sampling with the EMA weights: 100 of the 1000 steps, clipped to [-1, 1].
+    t_sample = time.time()
+    sched = DDPMScheduler(
+        num_train_timesteps=T, beta_start=1e-4, beta_end=0.02, beta_schedule="linear", clip_sample=True
+    )
+    sched.set_timesteps(100)
+    ema.eval()
+    sgen = torch.Generator().manual_seed(args.seed + 1)
+    x = torch.randn((64, 3, 32, 32), generator=sgen)
+    with torch.no_grad():
+        for tt in sched.timesteps:
+            x = sched.step(ema(x, tt).sample, tt, x, generator=sgen).prev_sample
+    x = x.clamp(-1, 1)
+    save_grid(x, out)
+    sample_s = time.time() - t_sample
+    print(f"train {train_s:.1f} s ({train_s / args.steps:.3f} s/step), sample {sample_s:.1f} s, total {time.time() - t0:.1f} s")
+    print(f"wrote {out} and /tmp/shapes_real.png")
+
+
+if __name__ == "__main__":
+    main()
