@@ -24,14 +24,15 @@ use diffusion_core::tensor::to_f64;
 use diffusion_data::cifar::cifar10_remote;
 use diffusion_data::{DataLoader, ImageSet, LoaderConfig, Split};
 use diffusion_ddpm::{ForwardProcess, ModelVariance, Prediction, Vlb};
+use diffusion_flow::{HutchinsonVelocityDivergence, VelocityModel, flow_log_likelihood};
 use diffusion_metrics::frechet::{FeatureStats, frechet_distance};
 use diffusion_metrics::inception::{FEATURES, InceptionV3};
-use diffusion_samplers::batched_cfg;
+use diffusion_samplers::{Dopri5, Probe, batched_cfg};
 use diffusion_schedules::DiscreteSchedule;
 use diffusion_train::{ComputePrecision, EmaSchedule, EmaSpec, LrDecay, SampleGrid, TrainConfig, Trainer};
 use serde::{Deserialize, Serialize};
 
-use crate::family::{Family, ScoreObjective, initial_noise};
+use crate::family::{FLOW_TIME_SCALE, Family, ScoreObjective, initial_noise};
 use crate::{CommonArgs, Result, Run, RunError};
 
 /// The options of an image experiment.
@@ -207,6 +208,13 @@ pub struct EvalSection {
     pub fid_reference: String,
     /// Test images whose full bound (bits/dim) is evaluated (0: none).
     pub bpd_images: usize,
+    /// The tolerance (rtol = atol) of the RK45 solver of ODE likelihoods (score_sde: 1e-5).
+    #[serde(default = "default_ode_tolerance")]
+    pub ode_tolerance: f64,
+}
+
+fn default_ode_tolerance() -> f64 {
+    1e-5
 }
 
 /// The settings `--smoke` replaces, as `--set` items.
@@ -229,6 +237,7 @@ pub const SMOKE: &[&str] = &[
     "eval.num_samples=6",
     "eval.batch_size=4",
     "eval.bpd_images=2",
+    "eval.ode_tolerance=1e-2",
 ];
 
 fn fail(e: impl std::fmt::Display) -> RunError {
@@ -529,19 +538,21 @@ fn bound_bits_per_dim(
     Ok(to_f64(&report.total).iter().sum::<f64>() / m as f64)
 }
 
-/// The mean bits/dim of the 8-bit images `pixels` under the probability-flow ODE of `sde`
-/// (Song et al. 2021, App. D): uniformly dequantised, log p by the instantaneous change of
-/// variables with Hutchinson's trace (Rademacher probes) and score_sde's RK45 tolerances.
+/// The mean bits/dim of the 8-bit images `pixels` under the model's ODE: uniformly
+/// dequantised, log p by the instantaneous change of variables with Hutchinson's trace
+/// (Rademacher probes) and RK45 at `eval.ode_tolerance` (1e-5 in score_sde's likelihood, App. D of Song
+/// et al. 2021). For a score SDE the ODE is its probability flow from t = ε; for a flow it is
+/// dx/dt = v(x, t) from the data at t = 1 to N(0, I) at t = 0 (Lipman et al. 2023, App. C).
 /// `model` lives on an autodiff device (the divergence is a reverse pass).
 fn ode_bits_per_dim(
     model: &Model,
     family: &Family,
-    sde: &diffusion_score::Sde,
     pixels: &[u8],
     features: usize,
     seed: u64,
+    tolerance: f64,
 ) -> Result<f64> {
-    use diffusion_score::{Divergence, Likelihood, Probe, Quantization, bits_per_dim, dequantize};
+    use diffusion_score::{Divergence, Likelihood, Quantization, bits_per_dim, dequantize};
     let m = pixels.len() / features;
     let levels: Vec<f64> = pixels.iter().map(|&b| f64::from(b)).collect();
     let mut noise = SampleNoise::range(seed ^ 0xde0a, 0..m as u64);
@@ -550,17 +561,45 @@ fn ode_bits_per_dim(
     let x = diffusion_core::tensor::from_f64(values, [m, features], &device, DType::F32);
     let cond = Conditioning::default();
     let net = |x: Tensor<2>, t: Tensor<1>| model.forward_flat(x, t, &cond);
-    let denoiser = family.denoiser(&net);
-    let out = Likelihood::new(sde.clone())
-        .evaluate_denoiser(
-            denoiser.as_ref(),
-            x,
-            Divergence::Hutchinson(Probe::Rademacher),
-            &mut noise,
-        )
-        .map_err(fail)?;
-    let bpd: f64 = out
-        .log_prob
+    let solver = Dopri5 {
+        rtol: tolerance,
+        atol: tolerance,
+        ..Dopri5::default()
+    };
+    let log_prob = match family {
+        Family::Score {
+            objective: ScoreObjective::Sde(sde),
+            ..
+        } => {
+            let denoiser = family.denoiser(&net);
+            Likelihood {
+                solver,
+                ..Likelihood::new(sde.clone())
+            }
+            .evaluate_denoiser(
+                denoiser.as_ref(),
+                x,
+                Divergence::Hutchinson(Probe::Rademacher),
+                &mut noise,
+            )
+            .map_err(fail)?
+            .log_prob
+        }
+        Family::Flow(_) => {
+            let field = VelocityModel(|x, t: Tensor<1>| net(x, t.mul_scalar(FLOW_TIME_SCALE)));
+            let probe = Probe::Rademacher.draw(&mut noise, &x);
+            let divergence = HutchinsonVelocityDivergence { field: &field, probe };
+            flow_log_likelihood(&divergence, x, 1.0, &solver)
+                .map_err(fail)?
+                .log_prob
+        }
+        _ => {
+            return Err(RunError::Config(
+                "bits/dim by an ODE: a score SDE or a flow".into(),
+            ));
+        }
+    };
+    let bpd: f64 = log_prob
         .iter()
         .map(|&lp| bits_per_dim(lp, features, Quantization::default()))
         .sum();
@@ -837,23 +876,24 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         )?),
         (
             Family::Score {
-                objective: ScoreObjective::Sde(sde),
+                objective: ScoreObjective::Sde(_),
                 ..
-            },
+            }
+            | Family::Flow(_),
             true,
         ) => {
             let model = device_model.fork(&device.clone().autodiff());
             Some(ode_bits_per_dim(
                 &model,
                 &family,
-                sde,
                 test_pixels,
                 features,
                 cfg.seed,
+                e.ode_tolerance,
             )?)
         }
         (_, true) => {
-            run.say("eval.bpd_images: bits/dim are computed for the DDPM family and score SDEs; skipped");
+            run.say("eval.bpd_images: bits/dim are computed for DDPM, score SDEs and flows; skipped");
             None
         }
         (_, false) => None,

@@ -242,7 +242,7 @@ fn cifar_edm_smoke_runs_the_whole_pipeline() {
 
 #[test]
 fn cifar_flow_smoke_runs_the_whole_pipeline() {
-    image_smoke(env!("CARGO_BIN_EXE_cifar-flow"), "cifar-flow", false, false);
+    image_smoke(env!("CARGO_BIN_EXE_cifar-flow"), "cifar-flow", false, true);
 }
 
 #[test]

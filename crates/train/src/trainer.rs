@@ -285,11 +285,7 @@ impl<M: Module> Trainer<M> {
 
     /// The training loop: `grads_of(model, step, micro)` returns the loss of a micro-batch and
     /// the gradients of its share of the step's loss (already divided by the accumulation).
-    fn run_with(
-        &mut self,
-        grads_of: &mut GradsOf<'_, M>,
-        hooks: &mut dyn TrainHooks<M>,
-    ) -> Result<()> {
+    fn run_with(&mut self, grads_of: &mut GradsOf<'_, M>, hooks: &mut dyn TrainHooks<M>) -> Result<()> {
         let config = self.config.clone();
         let progress = Progress::new(config.steps, self.step, self.run_dir.as_deref(), self.quiet);
         progress.restart_log(&self.log);
