@@ -211,6 +211,20 @@ impl Family {
         let [n, f] = x0.dims();
         let (device, dtype) = (x0.device(), x0.dtype());
         let noise = SampleNoise::range(seed ^ 0x4e01, positions.clone()).normal_tensor(n, f, &device, dtype);
+        self.loss_with_noise(net, x0, noise, positions, seed)
+    }
+
+    /// [`loss`](Self::loss) with the noise given: for a flow, `noise` is the source end x₀ ~
+    /// N(0, I) of each path (a reflow trains on fixed (noise, sample) pairs).
+    pub fn loss_with_noise(
+        &self,
+        net: Net<'_>,
+        x0: Tensor<2>,
+        noise: Tensor<2>,
+        positions: std::ops::Range<u64>,
+        seed: u64,
+    ) -> Tensor<1> {
+        let [n, f] = x0.dims();
         match self {
             Self::Ddpm { loss, schedule, .. } => {
                 let uniform = UniformTimesteps {

@@ -74,6 +74,9 @@ pub struct ImageConfig {
     /// Score models' settings (`diffusion.loss = ncsn | sde-ve | sde-vp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub score: Option<crate::family::ScoreSection>,
+    /// Reflow rounds after training (flow matching).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reflow: Option<crate::reflow::ReflowSection>,
 }
 
 /// One device's share of a micro-batch, on the host.
@@ -412,7 +415,7 @@ fn schedule(cfg: &DiffusionSection) -> Result<DiscreteSchedule> {
 
 /// Images `[n, C·H·W]` of `range` of the sampling streams, drawn with `steps` steps of the
 /// configured sampler (for DDPM, x̂₀ clipped to [−1, 1] at every step, as Ho et al.'s sampler
-/// and diffusers' `clip_sample`).
+/// and diffusers' `clip_sample`), clipped to [−1, 1].
 fn draw(
     model: &Model,
     cfg: &ImageConfig,
@@ -423,15 +426,30 @@ fn draw(
 ) -> Result<Tensor<2>> {
     let features: usize = model.sample_shape().iter().product();
     let sampler = family.sampler(&cfg.sample.sampler, steps, cfg.sample.eta)?;
-    let mut noise = SampleNoise::range(cfg.seed ^ 0x5a3b_1e00, range.clone());
     let x = initial_noise(sampler.as_ref(), cfg.seed, range.clone(), features, device);
+    Ok(draw_from(model, cfg, family, steps, range, x)?.clamp(-1.0, 1.0))
+}
+
+/// The configured sampler's output from the initial noise `x` of samples `range` (unclipped).
+pub(crate) fn draw_from(
+    model: &Model,
+    cfg: &ImageConfig,
+    family: &Family,
+    steps: usize,
+    range: std::ops::Range<u64>,
+    x: Tensor<2>,
+) -> Result<Tensor<2>> {
+    let features: usize = model.sample_shape().iter().product();
+    let device = x.device();
+    let sampler = family.sampler(&cfg.sample.sampler, steps, cfg.sample.eta)?;
+    let mut noise = SampleNoise::range(cfg.seed ^ 0x5a3b_1e00, range.clone());
     let out = match model {
         // A class-conditional DiT draws sample i of class i mod C, with classifier-free guidance.
         Model::Dit(dit) => {
             let classes = dit.null_class() as u64;
             let labels: Vec<i64> = range.map(|i| (i % classes) as i64).collect();
             let n = labels.len();
-            let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), device);
+            let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &device);
             let conditional = |x: Tensor<2>, t: Tensor<1>, l: Tensor<1, Int>| {
                 model.forward_flat(
                     x,
@@ -455,7 +473,7 @@ fn draw(
         }
     }
     .map_err(fail)?;
-    Ok(out.x.clamp(-1.0, 1.0))
+    Ok(out.x)
 }
 
 /// Writes the EMA weights as a model folder (`RUN/model`: model.json, model.safetensors and,
@@ -622,6 +640,39 @@ struct Metrics {
     bits_per_dim: Option<f64>,
     bpd_images: usize,
     backend: String,
+    reflow: Vec<crate::reflow::ReflowReport>,
+}
+
+/// The trainer's settings of `[train]`, with `steps` steps at learning rate `lr`.
+pub(crate) fn train_config(cfg: &ImageConfig, steps: usize, lr: f64) -> TrainConfig {
+    let t = &cfg.train;
+    TrainConfig::new()
+        .with_steps(steps)
+        .with_lr(lr)
+        .with_warmup_steps(t.warmup_steps)
+        .with_decay(t.decay)
+        .with_log_every(t.log_every)
+        .with_seed(cfg.seed)
+        .with_grad_clip_norm((t.grad_clip_norm > 0.0).then_some(t.grad_clip_norm))
+        .with_grad_accumulation(t.grad_accumulation.max(1))
+        .with_emas(vec![EmaSpec {
+            name: format!("{}", t.ema_decay),
+            schedule: if t.ema_warmup_power > 0.0 {
+                EmaSchedule::Warmup {
+                    inv_gamma: 1.0,
+                    power: t.ema_warmup_power,
+                    min_decay: 0.0,
+                    max_decay: t.ema_decay,
+                    start_at: 0,
+                }
+            } else {
+                EmaSchedule::Constant { decay: t.ema_decay }
+            },
+        }])
+        .with_checkpoint_every(t.checkpoint_every)
+        .with_keep_checkpoints(t.keep_checkpoints)
+        .with_sample_every(t.sample_every)
+        .with_compute(t.precision)
 }
 
 /// Runs an image experiment: `name`, its committed configuration, the parsed options.
@@ -650,6 +701,7 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
     )?;
     // Checked before training, so that a typo never surfaces at the first sample grid.
     family.sampler(&cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta)?;
+    crate::reflow::validate(cfg.reflow.as_ref(), &family)?;
     let classes = train_set.num_classes();
     let model_cfg = model_config(&cfg, shape, family.output_factor(), classes, smoke)?;
     let class_dropout = match &model_cfg {
@@ -679,33 +731,7 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
             run.devices.len()
         )));
     }
-    let train_cfg = TrainConfig::new()
-        .with_steps(t.steps)
-        .with_lr(t.lr)
-        .with_warmup_steps(t.warmup_steps)
-        .with_decay(t.decay)
-        .with_log_every(t.log_every)
-        .with_seed(cfg.seed)
-        .with_grad_clip_norm((t.grad_clip_norm > 0.0).then_some(t.grad_clip_norm))
-        .with_grad_accumulation(k)
-        .with_emas(vec![EmaSpec {
-            name: format!("{}", t.ema_decay),
-            schedule: if t.ema_warmup_power > 0.0 {
-                EmaSchedule::Warmup {
-                    inv_gamma: 1.0,
-                    power: t.ema_warmup_power,
-                    min_decay: 0.0,
-                    max_decay: t.ema_decay,
-                    start_at: 0,
-                }
-            } else {
-                EmaSchedule::Constant { decay: t.ema_decay }
-            },
-        }])
-        .with_checkpoint_every(t.checkpoint_every)
-        .with_keep_checkpoints(t.keep_checkpoints)
-        .with_sample_every(t.sample_every)
-        .with_compute(t.precision);
+    let train_cfg = train_config(&cfg, t.steps, t.lr);
     let compute_dtype = t.precision.dtype();
     let mut trainer = Trainer::resume_or_new(model, train_cfg, run.dir()).map_err(fail)?;
     if trainer.step() > 0 {
@@ -790,7 +816,13 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
     drop(grid);
     let train_seconds = start.elapsed().as_secs_f64();
     let final_loss = trainer.log().last().map_or(f64::NAN, |r| r.loss);
-    let device_model = trainer.sampling_model();
+    let mut device_model = trainer.sampling_model();
+    let mut reflows = Vec::new();
+    for round in 1..=cfg.reflow.as_ref().map_or(0, |r| r.rounds) {
+        let (next, report) = crate::reflow::reflow_round(&run, &device_model, &family, round)?;
+        device_model = next;
+        reflows.push(report);
+    }
     export_model(run.dir(), &cfg, &family, &model_cfg, &device_model)?;
 
     // Samples from seeds 0..N of the sampling streams, in batches (each sample's noise is its own).
@@ -913,6 +945,7 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         bits_per_dim,
         bpd_images: m,
         backend: common.backend.to_string(),
+        reflow: reflows,
     };
     run.write_json("metrics.json", &metrics)?;
     run.say(format!(

@@ -9,6 +9,7 @@
 
 pub mod family;
 pub mod image;
+pub mod reflow;
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};

@@ -454,3 +454,92 @@ fn devices_that_do_not_fit_are_refused() {
     assert!(stderr.contains("toy2d runs on one device"), "{stderr}");
     assert!(!out.exists(), "no run folder is made for a refused run");
 }
+
+/// `cifar-flow` with one reflow round: pairs drawn from the trained flow and kept, the
+/// 2-rectified flow trained from it with its own checkpoints, and a resumed run that reads the
+/// pairs back and continues the round's training.
+#[test]
+fn cifar_flow_reflows_and_resumes_the_round() {
+    let bin = env!("CARGO_BIN_EXE_cifar-flow");
+    let out = std::env::temp_dir().join(format!("flow-reflow-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let reflow = [
+        "--set",
+        "reflow.rounds=1",
+        "--set",
+        "reflow.pairs=8",
+        "--set",
+        "reflow.steps=2",
+        "--set",
+        "reflow.sampler=\"ode-euler\"",
+        "--set",
+        "reflow.sampler_steps=3",
+        "--set",
+        "reflow.straightness_steps=4",
+    ];
+    let mut args = vec![
+        "--smoke",
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "diffusion.loss=\"cfm\"",
+    ];
+    args.extend(reflow);
+    let first = run(bin, &args);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    for file in [
+        "reflow-1/pairs/x0.npy",
+        "reflow-1/pairs/x1.npy",
+        "reflow-1/checkpoints/step-00000002",
+    ] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let round = &metrics["reflow"][0];
+    assert_eq!(round["steps"], 2, "{metrics}");
+    assert!(
+        round["straightness_after"].as_f64().unwrap().is_finite(),
+        "{metrics}"
+    );
+    let resumed = run(
+        bin,
+        &["--resume", out.to_str().unwrap(), "--set", "reflow.steps=3"],
+    );
+    let stdout = String::from_utf8_lossy(&resumed.stdout);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    assert!(
+        stdout.contains("reflow 1: pairs read") && stdout.contains("reflow 1: resumed at step 2"),
+        "{stdout}"
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["reflow"][0]["steps"], 3, "{metrics}");
+    // Reflow is refused for a family that is not a flow, before training.
+    let wrong = run(
+        bin,
+        &[
+            "--smoke",
+            "--out",
+            out.join("wrong").to_str().unwrap(),
+            "--set",
+            "diffusion.loss=\"simple\"",
+            "--set",
+            "sample.sampler=\"ddpm\"",
+            "--set",
+            "reflow.rounds=1",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("reflow is for flow matching"), "{stderr}");
+    assert!(!out.join("wrong/checkpoints").exists());
+    std::fs::remove_dir_all(&out).unwrap();
+}
