@@ -143,6 +143,14 @@ pub struct DiffusionSection {
     /// `edm` (Karras et al.'s preconditioning and σ distribution, `[edm]`), `cfm` or `ot-cfm`
     /// (flow matching, independent or minibatch-OT pairs); see [`crate::family`].
     pub loss: String,
+    /// The DDPM family's loss weighting over timesteps: `uniform` (L_simple), `snr`,
+    /// `min-snr-γ` (Hang et al. 2023, e.g. `min-snr-5`) or `p2` (Choi et al. 2022, γ = k = 1).
+    #[serde(default = "uniform")]
+    pub weighting: String,
+}
+
+fn uniform() -> String {
+    "uniform".into()
 }
 
 /// `[train]`.
@@ -211,7 +219,8 @@ pub struct EvalSection {
     pub fid_reference: String,
     /// Test images whose full bound (bits/dim) is evaluated (0: none).
     pub bpd_images: usize,
-    /// The tolerance (rtol = atol) of the RK45 solver of ODE likelihoods (score_sde: 1e-5).
+    /// The tolerance (rtol = atol) of the adaptive ODE solvers: `ode-dopri5` sampling and the
+    /// ODE likelihoods (score_sde and torchcfm's FID evaluation: 1e-5).
     #[serde(default = "default_ode_tolerance")]
     pub ode_tolerance: f64,
 }
@@ -425,7 +434,7 @@ fn draw(
     device: &Device,
 ) -> Result<Tensor<2>> {
     let features: usize = model.sample_shape().iter().product();
-    let sampler = family.sampler(&cfg.sample.sampler, steps, cfg.sample.eta)?;
+    let sampler = family.sampler(&cfg.sample.sampler, steps, cfg.sample.eta, cfg.eval.ode_tolerance)?;
     let x = initial_noise(sampler.as_ref(), cfg.seed, range.clone(), features, device);
     Ok(draw_from(model, cfg, family, steps, range, x)?.clamp(-1.0, 1.0))
 }
@@ -441,7 +450,7 @@ pub(crate) fn draw_from(
 ) -> Result<Tensor<2>> {
     let features: usize = model.sample_shape().iter().product();
     let device = x.device();
-    let sampler = family.sampler(&cfg.sample.sampler, steps, cfg.sample.eta)?;
+    let sampler = family.sampler(&cfg.sample.sampler, steps, cfg.sample.eta, cfg.eval.ode_tolerance)?;
     let mut noise = SampleNoise::range(cfg.seed ^ 0x5a3b_1e00, range.clone());
     let out = match model {
         // A class-conditional DiT draws sample i of class i mod C, with classifier-free guidance.
@@ -698,9 +707,15 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         schedule(&cfg.diffusion)?,
         cfg.edm.as_ref(),
         cfg.score.as_ref(),
-    )?;
+    )?
+    .with_weighting(&cfg.diffusion.weighting)?;
     // Checked before training, so that a typo never surfaces at the first sample grid.
-    family.sampler(&cfg.sample.sampler, cfg.sample.steps, cfg.sample.eta)?;
+    family.sampler(
+        &cfg.sample.sampler,
+        cfg.sample.steps,
+        cfg.sample.eta,
+        cfg.eval.ode_tolerance,
+    )?;
     crate::reflow::validate(cfg.reflow.as_ref(), &family)?;
     let classes = train_set.num_classes();
     let model_cfg = model_config(&cfg, shape, family.output_factor(), classes, smoke)?;

@@ -84,7 +84,7 @@ pub fn validate(section: Option<&ReflowSection>, family: &Family) -> Result<()> 
             "[reflow]: pairs, steps and straightness_steps must be positive".into(),
         ));
     }
-    family.sampler(&r.sampler, r.sampler_steps, 0.0).map(|_| ())
+    family.sampler(&r.sampler, r.sampler_steps, 0.0, 1e-5).map(|_| ())
 }
 
 /// S(Z) of the flow `model` on 16 fixed noise draws (`steps` uniform Euler steps).

@@ -259,6 +259,10 @@ fn image_experiments_check_their_configuration_before_training() {
             "expected cifar10, shapes or folder",
         ),
         (vec!["--set", "model.attention=[true]"], "one entry per level"),
+        (
+            vec!["--set", "diffusion.weighting=\"min-snr\""],
+            "expected uniform, snr, min-snr-γ",
+        ),
     ] {
         let mut all = vec!["--smoke", "--out", out.to_str().unwrap()];
         all.extend(args);
@@ -542,4 +546,37 @@ fn cifar_flow_reflows_and_resumes_the_round() {
     assert!(stderr.contains("reflow is for flow matching"), "{stderr}");
     assert!(!out.join("wrong/checkpoints").exists());
     std::fs::remove_dir_all(&out).unwrap();
+}
+
+/// `diffusion.weighting` reaches the objective: from the same weights, data and noise the
+/// first step's loss is L_simple's under `uniform` and smaller under min-SNR-5, whose ε-space
+/// weights min(SNR, 5)/SNR are at most 1.
+#[test]
+fn loss_weighting_reaches_the_objective() {
+    let mut first = Vec::new();
+    for weighting in ["uniform", "min-snr-5"] {
+        let out = std::env::temp_dir().join(format!("shapes-{weighting}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let set = format!("diffusion.weighting=\"{weighting}\"");
+        let result = run(
+            env!("CARGO_BIN_EXE_shapes"),
+            &[
+                "--smoke",
+                "--out",
+                out.to_str().unwrap(),
+                "--set",
+                "train.steps=1",
+                "--set",
+                &set,
+            ],
+        );
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        first.push(logged_losses(&out)[0]);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    assert!(first[1] < 0.9 * first[0], "{first:?}");
 }
