@@ -12,10 +12,10 @@ use diffusion_core::tensor::to_f64;
 use diffusion_ddpm::{ForwardProcess, Prediction, SimpleLoss, UniformTimesteps};
 use diffusion_schedules::DiscreteSchedule;
 use diffusion_tests::{device, gmm2d, run_training_tests, tensor2};
-use diffusion_train::grad::{accumulate, clip_grad_norm, grad_norm};
+use diffusion_train::grad::{accumulate, clip_grad_norm, grad_norm, scale_grads};
 use diffusion_train::{
     ComputePrecision, EmaSchedule, EmaSpec, LogRecord, NanPolicy, NoHooks, TrainConfig, TrainError,
-    TrainHooks, Trainer, data_parallel_step, list_checkpoints,
+    TrainHooks, Trainer, data_parallel_step, list_checkpoints, sharded_gradients,
 };
 
 /// Every parameter, flattened in visiting order.
@@ -449,6 +449,49 @@ fn clipping_and_accumulation_are_exact() {
     );
     let unchanged = clip_grad_norm(&mut whole, &m, 10.0 * nw);
     assert!((grad_norm(&mut whole, &m) - unchanged).abs() < 1e-6 * unchanged);
+}
+
+/// The gradients of a batch split over two workers are the whole batch's, scale included
+/// (AdamW and clipping forgive a wrong scale, so the optimiser step alone cannot show it): the
+/// mean of the shards' means is the batch mean, weighted here by 1/2 for two micro-batches.
+#[test]
+fn sharded_gradients_are_the_whole_batch_gradients() {
+    let device = device();
+    let ad = device.clone().autodiff();
+    let objective = Objective::new(&ad, 8);
+    let m = model(&ad);
+    let whole_loss = objective.loss_of(&m, 0, 0..16);
+    let whole_value = whole_loss.clone().into_scalar::<f64>();
+    let mut whole = GradientsParams::from_grads(whole_loss.mul_scalar(0.5).backward(), &m);
+    let shard_loss = |r: &Mlp, lo: u64, _: &Device| objective.loss_of(r, 0, lo..lo + 8);
+    for devices in [vec![device.clone(), device.clone()], vec![device.clone()]] {
+        let starts = if devices.len() == 2 { vec![0, 8] } else { vec![0] };
+        let (value, mut sharded) =
+            sharded_gradients(&m, &devices, starts, ComputePrecision::F32, 0.5, &shard_loss);
+        if devices.len() == 1 {
+            // One device sees only its shard: the first half of the batch.
+            let half = objective.loss_of(&m, 0, 0..8).into_scalar::<f64>();
+            assert!((value - half).abs() < 1e-6 * half.abs(), "{value} vs {half}");
+            continue;
+        }
+        assert!(
+            (value - whole_value).abs() < 1e-5 * whole_value.abs(),
+            "{value} vs {whole_value}"
+        );
+        let (nw, ns) = (grad_norm(&mut whole, &m), grad_norm(&mut sharded, &m));
+        assert!(nw > 1e-6, "the gradient is not trivial ({nw})");
+        assert!((nw - ns).abs() < 1e-5 * nw, "gradient norms {nw} vs {ns}");
+        // The same direction too: ‖g_whole − g_sharded‖ ≪ ‖g_whole‖.
+        accumulate(&mut whole, negated(sharded, &m), &m);
+        let diff = grad_norm(&mut whole, &m);
+        assert!(diff < 1e-5 * nw, "the gradients differ by {diff} (norm {nw})");
+    }
+}
+
+/// −g for every parameter's gradient.
+fn negated(mut grads: GradientsParams, m: &Mlp) -> GradientsParams {
+    scale_grads(&mut grads, m, -1.0);
+    grads
 }
 
 #[test]

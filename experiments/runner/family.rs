@@ -198,8 +198,9 @@ impl Family {
         })
     }
 
-    /// The family with the DDPM loss weighted by `name`: `uniform`, `snr`, `min-snr-γ` or `p2`
-    /// (see [`diffusion_ddpm::Weighting`]); other families take `uniform` only.
+    /// The family with the DDPM loss weighted by `name`: `uniform`, `snr` (L_simple in ε space
+    /// whatever the network predicts: `uniform` for ε-prediction), `min-snr-γ` or `p2` (see
+    /// [`diffusion_ddpm::Weighting`]); other families take `uniform` only.
     pub fn with_weighting(mut self, name: &str) -> Result<Self> {
         let bad = || {
             RunError::Config(format!(
@@ -387,15 +388,21 @@ impl Family {
                     )),
                 }
             }
-            // NCSNv2's sampler on the configured ladder, with its final denoising step.
+            // NCSNv2's sampler on a geometric ladder of `steps` levels from σ_max to σ_min, with
+            // its final denoising step.
             Self::Score { settings, .. } if name == "ald" => {
                 let (lo, hi) = (settings.sigma_min, settings.sigma_max);
-                Ok(Box::new(AnnealedLangevin {
+                let ald = AnnealedLangevin {
                     sigmas: geometric_sigmas(hi, lo, steps),
                     steps_per_level: settings.corrector_steps,
                     step_lr: settings.step_lr,
                     denoise: settings.final_denoise,
-                }))
+                };
+                ald.validate().map_err(|e| config(e.to_string()))?;
+                if ald.steps_per_level == 0 {
+                    return Err(config("score.corrector_steps must be at least 1".into()));
+                }
+                Ok(Box::new(ald))
             }
             Self::Score { objective, settings } => {
                 let sde = match objective {

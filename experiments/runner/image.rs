@@ -720,12 +720,15 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
     )?
     .with_weighting(&cfg.diffusion.weighting)?;
     // Checked before training, so that a typo never surfaces at the first sample grid.
-    family.sampler(
-        &cfg.sample.sampler,
-        cfg.sample.steps,
-        cfg.sample.eta,
-        cfg.eval.ode_tolerance,
-    )?;
+    let tolerance = cfg.eval.ode_tolerance;
+    if !(tolerance > 0.0 && tolerance.is_finite()) {
+        return Err(RunError::Config(format!(
+            "eval.ode_tolerance must be positive, got {tolerance}"
+        )));
+    }
+    for steps in [cfg.sample.steps, cfg.sample.grid_steps] {
+        family.sampler(&cfg.sample.sampler, steps, cfg.sample.eta, tolerance)?;
+    }
     crate::reflow::validate(cfg.reflow.as_ref(), &family)?;
     let classes = train_set.num_classes();
     let model_cfg = model_config(&cfg, shape, family.output_factor(), classes, smoke)?;
@@ -842,9 +845,10 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
     let train_seconds = start.elapsed().as_secs_f64();
     let final_loss = trainer.log().last().map_or(f64::NAN, |r| r.loss);
     let mut device_model = trainer.sampling_model();
-    let mut reflows = Vec::new();
+    let mut reflows: Vec<crate::reflow::ReflowReport> = Vec::new();
     for round in 1..=cfg.reflow.as_ref().map_or(0, |r| r.rounds) {
-        let (next, report) = crate::reflow::reflow_round(&run, &device_model, &family, round)?;
+        let base_steps = reflows.last().map_or(trainer.step(), |r| r.steps);
+        let (next, report) = crate::reflow::reflow_round(&run, &device_model, base_steps, &family, round)?;
         device_model = next;
         reflows.push(report);
     }
@@ -969,7 +973,15 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         fid_reference,
         bits_per_dim,
         bpd_images: m,
-        backend: common.backend.to_string(),
+        backend: match &common.devices {
+            Some(list) => list
+                .specs(&common.backend)
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            None => common.backend.to_string(),
+        },
         reflow: reflows,
     };
     run.write_json("metrics.json", &metrics)?;

@@ -66,9 +66,10 @@ pub struct CommonArgs {
     /// The seed of the run (overrides `seed` in the configuration).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Data-parallel training: a count N (N devices of `--backend`: `cuda:0`…`cuda:N-1`; on a
-    /// CPU backend N workers share the one device) or a comma list (`cuda:0,cuda:1`). The
-    /// batch is split evenly; the first device holds the model, optimiser and sampling.
+    /// Data-parallel training: a count N (N devices of `--backend` from its index on:
+    /// `--backend cuda --devices 2` is `cuda:0,cuda:1`; on a CPU backend N workers share the
+    /// one device) or a comma list (`cuda:0,cuda:1`). The batch is split evenly; the first
+    /// device holds the model, optimiser and sampling.
     #[arg(long)]
     pub devices: Option<DeviceList>,
 }

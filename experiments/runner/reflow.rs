@@ -62,6 +62,53 @@ pub struct ReflowReport {
     pub seconds: f64,
 }
 
+/// What a round was made from, kept in `reflow-r/source.json`: a resumed round must continue
+/// from the same flow with the same pairs, never silently reuse another's.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct RoundSource {
+    /// Training steps of the flow the pairs come from (the run's, or the previous round's).
+    base_steps: usize,
+    seed: u64,
+    pairs: usize,
+    sampler: String,
+    sampler_steps: usize,
+    tolerance: f64,
+}
+
+/// Records the source of round `round` in its folder, or checks it against the one there.
+fn check_source(run: &Run<ImageConfig>, round: usize, source: &RoundSource) -> Result<()> {
+    let dir = run.path(&format!("reflow-{round}"));
+    let path = dir.join("source.json");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path).map_err(|e| RunError::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        let found: RoundSource = serde_json::from_str(&text).map_err(fail)?;
+        if &found != source {
+            return Err(RunError::Failed(format!(
+                "{} was made from another flow or settings ({found:?}, now {source:?}); \
+                 delete {} to redo the round",
+                path.display(),
+                dir.display()
+            )));
+        }
+        return Ok(());
+    }
+    if dir.exists() {
+        return Err(RunError::Failed(format!(
+            "{} has no source.json, so its pairs and checkpoints cannot be trusted; delete it to redo the round",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| RunError::Io {
+        path: dir.clone(),
+        source: e,
+    })?;
+    let text = serde_json::to_string_pretty(source).map_err(fail)?;
+    diffusion_core::fs::write_atomic(&path, text.as_bytes()).map_err(fail)
+}
+
 /// The training rows of one device: pair noise and pair samples, `[per, F]` each.
 struct PairShard {
     x0: Vec<f32>,
@@ -79,9 +126,9 @@ pub fn validate(section: Option<&ReflowSection>, family: &Family) -> Result<()> 
             "reflow.rounds > 0: reflow is for flow matching (diffusion.loss = cfm | ot-cfm)".into(),
         ));
     }
-    if r.pairs == 0 || r.steps == 0 || r.straightness_steps == 0 {
+    if r.pairs == 0 || r.steps == 0 || r.sampler_steps == 0 || r.straightness_steps == 0 {
         return Err(RunError::Config(
-            "[reflow]: pairs, steps and straightness_steps must be positive".into(),
+            "[reflow]: pairs, steps, sampler_steps and straightness_steps must be positive".into(),
         ));
     }
     family.sampler(&r.sampler, r.sampler_steps, 0.0, 1e-5).map(|_| ())
@@ -155,12 +202,13 @@ fn fail(e: impl std::fmt::Display) -> RunError {
     RunError::Failed(e.to_string())
 }
 
-/// Round `round` of reflow from the flow `previous` (EMA weights, off the tape) of family
-/// `flow`, whose sampler draws the pairs: returns the
+/// Round `round` of reflow from the flow `previous` (EMA weights, off the tape, trained for
+/// `base_steps` steps) of family `flow`, whose sampler draws the pairs: returns the
 /// new flow's EMA weights and the round's report.
 pub fn reflow_round(
     run: &Run<ImageConfig>,
     previous: &Model,
+    base_steps: usize,
     flow: &Family,
     round: usize,
 ) -> Result<(Model, ReflowReport)> {
@@ -168,6 +216,15 @@ pub fn reflow_round(
     let cfg = &run.config;
     let r = cfg.reflow.as_ref().expect("validated");
     let features: usize = previous.sample_shape().iter().product();
+    let source = RoundSource {
+        base_steps,
+        seed: cfg.seed,
+        pairs: r.pairs,
+        sampler: r.sampler.clone(),
+        sampler_steps: r.sampler_steps,
+        tolerance: cfg.eval.ode_tolerance,
+    };
+    check_source(run, round, &source)?;
     let (x0, x1) = pairs(run, previous, flow, round, features)?;
     // The next flow matches the straight paths between the fixed pairs: independent
     // coupling (the pairs are the coupling), no spread.

@@ -378,11 +378,16 @@ fn guidance2d_smoke_writes_its_run_folder() {
 
 /// The per-step losses of `metrics.jsonl`.
 fn logged_losses(dir: &std::path::Path) -> Vec<f64> {
+    logged(dir, "loss")
+}
+
+/// The per-step values of `key` in `metrics.jsonl`.
+fn logged(dir: &std::path::Path, key: &str) -> Vec<f64> {
     std::fs::read_to_string(dir.join("metrics.jsonl"))
         .unwrap()
         .lines()
         .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+            serde_json::from_str::<serde_json::Value>(l).unwrap()[key]
                 .as_f64()
                 .unwrap()
         })
@@ -394,7 +399,7 @@ fn logged_losses(dir: &std::path::Path) -> Vec<f64> {
 /// single-device run's steps — the losses of later steps depend on every earlier update.
 fn data_parallel_matches_one_device(bin: &str, name: &str) {
     let dir = |tag: &str| std::env::temp_dir().join(format!("{name}-{tag}-{}", std::process::id()));
-    let mut losses = Vec::new();
+    let (mut losses, mut norms) = (Vec::new(), Vec::new());
     for (tag, devices) in [("one", None), ("two", Some("2"))] {
         let out = dir(tag);
         let _ = std::fs::remove_dir_all(&out);
@@ -415,9 +420,19 @@ fn data_parallel_matches_one_device(bin: &str, name: &str) {
             String::from_utf8_lossy(&result.stderr)
         );
         losses.push(logged_losses(&out));
+        norms.push(logged(&out, "grad_norm"));
         std::fs::remove_dir_all(&out).unwrap();
     }
     assert_eq!(losses[0].len(), 5);
+    // The gradient norms before clipping: the scale of the summed gradients, which AdamW hides.
+    for (a, b) in norms[0].iter().zip(&norms[1]) {
+        assert!(
+            (a - b).abs() <= 1e-3 * a.abs(),
+            "{name}: {:?} vs {:?}",
+            norms[0],
+            norms[1]
+        );
+    }
     for (a, b) in losses[0].iter().zip(&losses[1]) {
         assert!(
             (a - b).abs() <= 1e-4 * a.abs(),
@@ -527,6 +542,14 @@ fn cifar_flow_reflows_and_resumes_the_round() {
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["reflow"][0]["steps"], 3, "{metrics}");
+    // Training the base flow further makes the kept pairs stale: refused, not reused.
+    let extended = run(
+        bin,
+        &["--resume", out.to_str().unwrap(), "--set", "train.steps=5"],
+    );
+    let stderr = String::from_utf8_lossy(&extended.stderr);
+    assert!(!extended.status.success());
+    assert!(stderr.contains("made from another flow"), "{stderr}");
     // Reflow is refused for a family that is not a flow, before training.
     let wrong = run(
         bin,

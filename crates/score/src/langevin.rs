@@ -107,7 +107,8 @@ impl AnnealedLangevin {
         self.step_lr * (self.sigmas[level] / last).powi(2)
     }
 
-    fn validate(&self) -> Result<(), SampleError> {
+    /// Checks the ladder (positive, finite, strictly decreasing) and the step ε (positive).
+    pub fn validate(&self) -> Result<(), SampleError> {
         if self.sigmas.is_empty() || self.sigmas.iter().any(|s| !(*s > 0.0 && s.is_finite())) {
             return Err(SampleError::Invalid(format!(
                 "annealed Langevin needs positive, finite noise levels, got {:?}",
