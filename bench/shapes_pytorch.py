@@ -27,6 +27,8 @@ Writes /tmp/shapes_pytorch_{steps}.png (samples) and /tmp/shapes_real.png (64 tr
 """
 
 import argparse
+import os
+import sys
 import copy
 import math
 import time
@@ -36,6 +38,9 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DModel
 from PIL import Image
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts", "fixtures"))
+from backbones import DDPM_CIFAR10_32  # noqa: E402
 
 # The palette of crates/data/src/shapes.rs (RGB).
 PALETTE = np.array(
@@ -122,31 +127,20 @@ def save_grid(images, path, nrow=8):
 # Model
 # ------------------------------------------------------------------------------------------
 def make_model():
-    # ddpm-cifar10 (presets.rs `ddpm`): additive time conditioning, one attention head
-    # (attention_head_dim=None), conv resampling with one-sided padding (downsample_padding=0),
-    # sin-first embedding with freq_shift=1, norm_eps 1e-6, mid-block attention.
-    return UNet2DModel(
+    # google/ddpm-cifar10-32's configuration as the backbone fixtures use it (additive time
+    # conditioning, one attention head, one-sided downsampling padding, sin-first embedding
+    # with freq_shift=1, norm_eps 1e-6, mid-block attention), narrowed as shapes.toml says.
+    config = dict(DDPM_CIFAR10_32)
+    config.update(
         sample_size=32,
-        in_channels=3,
-        out_channels=3,
-        center_input_sample=False,
-        time_embedding_type="positional",
-        flip_sin_to_cos=False,
-        freq_shift=1,
+        block_out_channels=(32, 64, 64),
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64, 64),
         layers_per_block=1,
-        mid_block_scale_factor=1,
-        downsample_padding=0,
-        act_fn="silu",
-        attention_head_dim=None,
         norm_num_groups=16,
-        norm_eps=1e-6,
-        resnet_time_scale_shift="default",
-        add_attention=True,
         dropout=0.0,
     )
+    return UNet2DModel(**config)
 
 
 # ------------------------------------------------------------------------------------------
