@@ -9,10 +9,21 @@ fn run(bin: &str, args: &[&str]) -> std::process::Output {
         .expect("the experiment binary runs")
 }
 
+/// [`run`], which must succeed (its stderr is the failure message).
+fn run_ok(bin: &str, args: &[&str]) -> std::process::Output {
+    let result = run(bin, args);
+    assert!(
+        result.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    result
+}
+
 #[test]
 fn toy2d_writes_its_run_folder() {
     let out = std::env::temp_dir().join(format!("toy2d-smoke-{}", std::process::id()));
-    let result = run(
+    run_ok(
         env!("CARGO_BIN_EXE_toy2d"),
         &[
             "--out",
@@ -30,11 +41,6 @@ fn toy2d_writes_its_run_folder() {
             "--set",
             "data.name=checkerboard",
         ],
-    );
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
     );
     for file in [
         "config.toml",
@@ -81,7 +87,7 @@ fn bad_options_are_one_clear_error() {
 #[test]
 fn flow2d_writes_its_run_folder() {
     let out = std::env::temp_dir().join(format!("flow2d-smoke-{}", std::process::id()));
-    let result = run(
+    run_ok(
         env!("CARGO_BIN_EXE_flow2d"),
         &[
             "--out",
@@ -105,11 +111,6 @@ fn flow2d_writes_its_run_folder() {
             "--set",
             "eval.trajectories=8",
         ],
-    );
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
     );
     for file in [
         "config.toml",
@@ -142,7 +143,7 @@ fn flow2d_writes_its_run_folder() {
 fn image_smoke(bin: &str, name: &str, ddpm: bool, bpd: bool) {
     let out = std::env::temp_dir().join(format!("{name}-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let first = run(
+    run_ok(
         bin,
         &[
             "--smoke",
@@ -151,11 +152,6 @@ fn image_smoke(bin: &str, name: &str, ddpm: bool, bpd: bool) {
             "--set",
             "train.steps=2",
         ],
-    );
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
     );
     assert!(out.join("checkpoints/step-00000002").is_dir());
     let resumed = run(
@@ -314,7 +310,7 @@ fn a_missing_data_set_says_where_to_get_it() {
 fn shapes_trains_in_bf16_mixed_precision() {
     let out = std::env::temp_dir().join(format!("shapes-bf16-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let result = run(
+    run_ok(
         env!("CARGO_BIN_EXE_shapes"),
         &[
             "--smoke",
@@ -323,11 +319,6 @@ fn shapes_trains_in_bf16_mixed_precision() {
             "--set",
             "train.precision=bf16",
         ],
-    );
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
     );
     let metrics: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
@@ -338,14 +329,9 @@ fn shapes_trains_in_bf16_mixed_precision() {
 #[test]
 fn guidance2d_smoke_writes_its_run_folder() {
     let out = std::env::temp_dir().join(format!("guidance2d-smoke-{}", std::process::id()));
-    let result = run(
+    run_ok(
         env!("CARGO_BIN_EXE_guidance2d"),
         &["--smoke", "--out", out.to_str().unwrap()],
-    );
-    assert!(
-        result.status.success(),
-        "{}",
-        String::from_utf8_lossy(&result.stderr)
     );
     for file in [
         "config.toml",
@@ -413,12 +399,7 @@ fn data_parallel_matches_one_device(bin: &str, name: &str) {
         if let Some(d) = devices {
             args.extend(["--devices", d]);
         }
-        let result = run(bin, &args);
-        assert!(
-            result.status.success(),
-            "{}",
-            String::from_utf8_lossy(&result.stderr)
-        );
+        run_ok(bin, &args);
         losses.push(logged_losses(&out));
         norms.push(logged(&out, "grad_norm"));
         std::fs::remove_dir_all(&out).unwrap();
@@ -504,12 +485,7 @@ fn cifar_flow_reflows_and_resumes_the_round() {
         "diffusion.loss=\"cfm\"",
     ];
     args.extend(reflow);
-    let first = run(bin, &args);
-    assert!(
-        first.status.success(),
-        "{}",
-        String::from_utf8_lossy(&first.stderr)
-    );
+    run_ok(bin, &args);
     for file in [
         "reflow-1/pairs/x0.npy",
         "reflow-1/pairs/x1.npy",
@@ -525,16 +501,11 @@ fn cifar_flow_reflows_and_resumes_the_round() {
         round["straightness_after"].as_f64().unwrap().is_finite(),
         "{metrics}"
     );
-    let resumed = run(
+    let resumed = run_ok(
         bin,
         &["--resume", out.to_str().unwrap(), "--set", "reflow.steps=3"],
     );
     let stdout = String::from_utf8_lossy(&resumed.stdout);
-    assert!(
-        resumed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&resumed.stderr)
-    );
     assert!(
         stdout.contains("reflow 1: pairs read") && stdout.contains("reflow 1: resumed at step 2"),
         "{stdout}"
@@ -581,7 +552,7 @@ fn loss_weighting_reaches_the_objective() {
         let out = std::env::temp_dir().join(format!("shapes-{weighting}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         let set = format!("diffusion.weighting=\"{weighting}\"");
-        let result = run(
+        run_ok(
             env!("CARGO_BIN_EXE_shapes"),
             &[
                 "--smoke",
@@ -592,11 +563,6 @@ fn loss_weighting_reaches_the_objective() {
                 "--set",
                 &set,
             ],
-        );
-        assert!(
-            result.status.success(),
-            "{}",
-            String::from_utf8_lossy(&result.stderr)
         );
         first.push(logged_losses(&out)[0]);
         std::fs::remove_dir_all(&out).unwrap();
