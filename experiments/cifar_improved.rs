@@ -1,22 +1,10 @@
 //! `cifar-improved`: Improved DDPM on CIFAR-10 (Nichol & Dhariwal 2021). The pipeline is `diffusion_experiments::image`; the settings are
 //! `experiments/configs/cifar-improved.toml` (see docs/experiments.md).
 
-use clap::Parser;
-use diffusion_experiments::exit_on_error;
-use diffusion_experiments::image::{ImageArgs, run_image};
-
-#[derive(Parser)]
-#[command(about = "Improved DDPM on CIFAR-10 (Nichol & Dhariwal 2021)")]
-struct Args {
-    #[command(flatten)]
-    image: ImageArgs,
-}
-
 fn main() {
-    let args = Args::parse();
-    exit_on_error(run_image(
+    diffusion_experiments::image::image_main(
         "cifar-improved",
+        "Improved DDPM on CIFAR-10 (Nichol & Dhariwal 2021)",
         include_str!("configs/cifar-improved.toml"),
-        &args.image,
-    ));
+    );
 }

@@ -694,6 +694,18 @@ pub(crate) fn train_config(cfg: &ImageConfig, steps: usize, lr: f64) -> TrainCon
         .with_compute(t.precision)
 }
 
+/// The `main` of image experiment `name` (`about`: its one-line description for `--help`, its
+/// committed configuration `config`): parses the options, runs, and exits with status 2 and
+/// one error line on failure.
+pub fn image_main(name: &'static str, about: &'static str, config: &str) {
+    use clap::{Args, Command, FromArgMatches};
+    let matches = ImageArgs::augment_args(Command::new(name))
+        .about(about)
+        .get_matches();
+    let args = ImageArgs::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    crate::exit_on_error(run_image(name, config, &args));
+}
+
 /// Runs an image experiment: `name`, its committed configuration, the parsed options.
 pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<()> {
     let common = resolve_args(args);
