@@ -21,6 +21,17 @@ fn run(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// [`run`], which must succeed (its stderr is the failure message).
+fn run_ok(args: &[&str]) -> Output {
+    let result = run(args);
+    assert!(
+        result.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&result.stderr)
+    );
+    result
+}
+
 fn rows(v: &Value) -> (Vec<f64>, usize) {
     let rows = v.as_array().unwrap();
     (
@@ -108,12 +119,7 @@ fn samples_like_k_diffusion() {
             sampler,
         ];
         args.extend(extra);
-        let result = run(&args);
-        assert!(
-            result.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&result.stderr)
-        );
+        let result = run_ok(&args);
         let x = NpyArray::read(&out).unwrap().to_f64();
         let dev = max_rel(&x, &rows(&c["x_final"]).0);
         assert!(dev < 1e-7, "{name}: {dev:.2e}");
@@ -138,7 +144,7 @@ fn samples_like_a_diffusers_scheduler_config() {
         std::fs::write(&config, c["config"].to_string()).unwrap();
         let out = dir.path("x.npy");
         let steps = c["num_inference_steps"].to_string();
-        let result = run(&[
+        run_ok(&[
             "sample",
             "--oracle",
             &oracle,
@@ -151,11 +157,6 @@ fn samples_like_a_diffusers_scheduler_config() {
             "--steps",
             &steps,
         ]);
-        assert!(
-            result.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&result.stderr)
-        );
         let dev = max_rel(&NpyArray::read(&out).unwrap().to_f64(), &rows(&c["x_final"]).0);
         assert!(dev < 1e-7, "{name}: {dev:.2e}");
         // f32 against diffusers' own float32 run.
@@ -197,7 +198,7 @@ fn schedule_prints_diffusers_fields() {
     let path = dir.path("cfg.json");
     std::fs::write(&path, config.to_string()).unwrap();
     let steps = t["num_inference_steps"].to_string();
-    let out = run(&[
+    let out = run_ok(&[
         "schedule",
         "--scheduler-config",
         &path,
@@ -205,7 +206,6 @@ fn schedule_prints_diffusers_fields() {
         &steps,
         "--json",
     ]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     for key in [
         "betas",
@@ -405,12 +405,7 @@ fn every_named_sampler_runs_and_flow_odes_reach_the_data() {
             // Euler–Maruyama is first order in √h: it needs many steps.
             args.extend(["--steps", "500"]);
         }
-        let r = run(&args);
-        assert!(
-            r.status.success(),
-            "{name}: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
+        run_ok(&args);
         let x = NpyArray::read(&out).unwrap().to_f64();
         // Every sample lands near one of the three means (±2.5 of their spread).
         let means = [(-2.0, 0.0), (1.5, 1.5), (1.0, -2.0)];
@@ -435,8 +430,7 @@ fn a_score_sde_ve_scheduler_config_runs_the_pc_loop() {
     let base = ["sample", "--oracle", &oracle, "--init-noise", &z, "--seed", "3"];
     let mut first = base.to_vec();
     first.extend(["--out", &a, "--scheduler-config", &config, "--steps", "50"]);
-    let r = run(&first);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let r = run_ok(&first);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(
         stderr.contains("depends on the rest of its batch") && stderr.contains("NFE 100"),
@@ -456,8 +450,7 @@ fn a_score_sde_ve_scheduler_config_runs_the_pc_loop() {
         "--sigma-max",
         "50",
     ]);
-    let r = run(&second);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    run_ok(&second);
     let (xa, xb) = (
         NpyArray::read(&a).unwrap().to_f64(),
         NpyArray::read(&b).unwrap().to_f64(),
@@ -505,12 +498,7 @@ fn likelihood_matches_score_sde_and_its_estimators_agree() {
     ] {
         let mut args = base.to_vec();
         args.extend(extra.iter().copied());
-        let r = run(&args);
-        assert!(
-            r.status.success(),
-            "{extra:?}: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
+        let r = run_ok(&args);
         let stdout = String::from_utf8_lossy(&r.stdout);
         assert!(stdout.contains("bits/dim"), "{stdout}");
         let ll = NpyArray::read(&out).unwrap().to_f64();
@@ -564,12 +552,7 @@ fn model_info_prints_exact_parameter_counts() {
         ("adm-imagenet64", "295,904,454"),
         ("dit-xl-2", "675,129,632"),
     ] {
-        let r = run(&["model-info", model]);
-        assert!(
-            r.status.success(),
-            "{model}: {}",
-            String::from_utf8_lossy(&r.stderr)
-        );
+        let r = run_ok(&["model-info", model]);
         let out = String::from_utf8_lossy(&r.stdout);
         assert!(out.contains(count), "{model}: {out}");
     }
@@ -606,7 +589,7 @@ fn sampling_a_diffusers_model_folder_matches_the_pipeline() {
         .unwrap();
     let (out, grid) = (dir.path("x.npy"), dir.path("grid.png"));
     let model = fixtures().join("backbones/unet_ddpm");
-    let r = run(&[
+    run_ok(&[
         "sample",
         "--model",
         model.to_str().unwrap(),
@@ -621,7 +604,6 @@ fn sampling_a_diffusers_model_folder_matches_the_pipeline() {
         "--grid",
         &grid,
     ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let x = NpyArray::read(&out).unwrap().to_f64();
     let want = read("x_final");
     let err = x
@@ -638,7 +620,7 @@ fn sampling_a_diffusers_model_folder_matches_the_pipeline() {
         "the PNG grid is written"
     );
     // A named sampler on the same model, and the errors of bad combinations.
-    let r = run(&[
+    run_ok(&[
         "sample",
         "--model",
         model.to_str().unwrap(),
@@ -651,7 +633,6 @@ fn sampling_a_diffusers_model_folder_matches_the_pipeline() {
         "--out",
         &out,
     ]);
-    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert_eq!(NpyArray::read(&out).unwrap().shape, vec![3, 768]);
     for (extra, message) in [
         (
@@ -709,8 +690,7 @@ fn sharded_sampling_reproduces_the_whole_run() {
         if let Some(s) = shard {
             args.extend(["--shard", s]);
         }
-        let r = run(&args);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        run_ok(&args);
         NpyArray::read(out).unwrap()
     };
     let whole = sample("10-14", None, &dir.path("whole.npy"));
@@ -801,12 +781,7 @@ fn benchmarks_run_one_iteration() {
     ] {
         let mut args = args;
         args.extend(["--backend", backend.as_str()]);
-        let out = run(&args);
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out = run_ok(&args);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(
             stdout.contains("GFLOP/s") || stdout.contains("ms/step"),
