@@ -301,6 +301,7 @@ impl<M: Module> Trainer<M> {
             let mut step_loss = 0.0;
             let k = config.grad_accumulation;
             for micro in 0..k {
+                seed_device_generator(&model, config.seed, step, micro);
                 let (value, g) = match grads_of(&model, step, micro) {
                     Ok(result) => result,
                     Err(e) => {
@@ -385,6 +386,24 @@ impl<M: Module> Trainer<M> {
         Ok(())
     }
 }
+
+/// Re-seeds the backend generator of `model`'s devices from (seed, step, micro) before a
+/// micro-batch. Everything we draw comes from per-sample host streams; only burn's `Dropout`
+/// draws its masks from the backend's global generator, so without this a resumed run would
+/// continue that generator from another state and drop other units than the run it resumes.
+/// (Data-parallel workers that share one backend draw from it concurrently, so their masks
+/// agree with a single-device run only in distribution.)
+fn seed_device_generator<M: Module>(model: &M, seed: u64, step: usize, micro: usize) {
+    use diffusion_core::noise::{sample_rng, uniform};
+    let stream = ((step as u64) << 16) | micro as u64;
+    let value = uniform(&mut sample_rng(seed ^ DROPOUT_STREAM, stream)).to_bits();
+    for device in model.devices() {
+        device.seed(value);
+    }
+}
+
+/// The key that separates the dropout seeds from the data streams of the same run seed.
+const DROPOUT_STREAM: u64 = 0xd809_0a7e_5eed;
 
 /// A copy of `model` with every float parameter cast to `dtype` as an operation on the tape
 /// (same parameter ids): gradients of a loss computed with it flow back to the originals.
