@@ -5,8 +5,8 @@ training budget (PyTorch is just as blurry after the same steps) or a bug on our
 (PyTorch draws recognisable shapes and we don't).
 
 It reproduces, as closely as a short script can:
-  data       crates/data/src/shapes.rs: one coloured disc / square / triangle per 32x32 image,
-             radius r = size * (0.18 + 0.14 u), 4x4 supersampled edges, the 10-colour palette,
+  data       crates/data/src/shapes.rs: one coloured upright disc / square / triangle per 32x32 image,
+             radius r = size * (0.25 + 0.15 u), 4x4 supersampled edges, the 10-colour palette,
              shape colour != background. numpy's RNG replaces ChaCha12 (same distribution, not
              the same images). 20000 training images in [-1, 1], random horizontal flips.
   model      diffusers UNet2DModel with the ddpm-cifar10 preset (crates/backbones/src/presets.rs,
@@ -77,26 +77,23 @@ def shape_image(rng, size=32):
     if colour >= background:
         colour += 1
     s = float(size)
-    r = s * (0.18 + 0.14 * rng.random())
+    r = s * (0.25 + 0.15 * rng.random())
     cx = r + (s - 2.0 * r) * rng.random()
     cy = r + (s - 2.0 * r) * rng.random()
-    a = 2.0 * math.pi * rng.random()
 
     # 4x4 sub-pixel sample points, at (x + (sx + 0.5) / 4, y + (sy + 0.5) / 4).
     sub = (np.arange(4 * size) + 0.5) / 4.0
     px, py = np.meshgrid(sub, sub)  # [4 size, 4 size], indexed [y, x]
     dx, dy = px - cx, py - cy
-    u = dx * math.cos(a) + dy * math.sin(a)
-    v = -dx * math.sin(a) + dy * math.cos(a)
     if kind == 0:
         inside = dx * dx + dy * dy <= r * r
-    elif kind == 1:
-        inside = (np.abs(u) <= r * 0.8) & (np.abs(v) <= r * 0.8)
-    else:  # equilateral triangle with circumradius r: inside all three edges
-        inside = np.ones_like(u, dtype=bool)
+    elif kind == 1:  # axis-aligned
+        inside = (np.abs(dx) <= r * 0.8) & (np.abs(dy) <= r * 0.8)
+    else:  # upright equilateral triangle with circumradius r: inside all three edges
+        inside = np.ones_like(dx, dtype=bool)
         for k in range(3):
-            t = 2.0 * math.pi * k / 3.0
-            inside &= u * math.cos(t) + v * math.sin(t) <= r * 0.5
+            t = math.pi / 2 + 2.0 * math.pi * k / 3.0
+            inside &= dx * math.cos(t) + dy * math.sin(t) <= r * 0.5
     w = inside.reshape(size, 4, size, 4).sum(axis=(1, 3)) / 16.0  # coverage per pixel
     img = w[None] * PALETTE[colour][:, None, None] + (1.0 - w[None]) * PALETTE[background][:, None, None]
     return np.round(img).astype(np.uint8), kind

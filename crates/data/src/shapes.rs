@@ -1,5 +1,5 @@
 //! Shapes: a built-in image data set that needs no download. Each 32 × 32 RGB image is one
-//! coloured disc, square or triangle on a plain background; image i is drawn from the ChaCha12
+//! coloured disc, square or triangle (upright, of random size and place) on a plain background; image i is drawn from the ChaCha12
 //! stream (seed, i), so any image can be generated alone and a set is the same however it is
 //! split. Edges are anti-aliased by 4 × 4 supersampling. The label is the kind of shape.
 
@@ -24,18 +24,23 @@ const PALETTE: [[u8; 3]; 10] = [
     [255, 190, 11],
 ];
 
-/// Whether point (x, y) lies in shape `kind` centred at (cx, cy) with radius r and rotation a.
-fn inside(kind: usize, x: f64, y: f64, cx: f64, cy: f64, r: f64, a: f64) -> bool {
+/// The range of the circumradius as a fraction of the image side: 8 to 12.8 pixels at 32 × 32,
+/// so that a triangle or square spans 13–22 pixels and its kind is plain at this resolution.
+const RADIUS: (f64, f64) = (0.25, 0.40);
+
+/// Whether point (x, y) lies in shape `kind` centred at (cx, cy) with circumradius r. Shapes
+/// are upright: squares axis-aligned, triangles with a flat base and the apex up.
+fn inside(kind: usize, x: f64, y: f64, cx: f64, cy: f64, r: f64) -> bool {
     let (dx, dy) = (x - cx, y - cy);
-    let (u, v) = (dx * a.cos() + dy * a.sin(), -dx * a.sin() + dy * a.cos());
     match kind {
         0 => dx * dx + dy * dy <= r * r,
-        1 => u.abs() <= r * 0.8 && v.abs() <= r * 0.8,
+        1 => dx.abs() <= r * 0.8 && dy.abs() <= r * 0.8,
         _ => {
-            // An equilateral triangle with circumradius r: inside all three edges.
+            // An equilateral triangle with circumradius r: inside its three edges, whose outward
+            // normals point down (image y grows downwards) and 120° either side of it.
             (0..3).all(|k| {
-                let t = std::f64::consts::TAU * k as f64 / 3.0;
-                u * t.cos() + v * t.sin() <= r * 0.5
+                let t = std::f64::consts::FRAC_PI_2 + std::f64::consts::TAU * k as f64 / 3.0;
+                dx * t.cos() + dy * t.sin() <= r * 0.5
             })
         }
     }
@@ -52,10 +57,9 @@ pub fn shape_image(seed: u64, index: u64, size: usize) -> (Vec<u8>, u32) {
         colour += 1;
     }
     let s = size as f64;
-    let r = s * (0.18 + 0.14 * uniform(&mut rng));
+    let r = s * (RADIUS.0 + (RADIUS.1 - RADIUS.0) * uniform(&mut rng));
     let cx = r + (s - 2.0 * r) * uniform(&mut rng);
     let cy = r + (s - 2.0 * r) * uniform(&mut rng);
-    let angle = std::f64::consts::TAU * uniform(&mut rng);
     let mut pixels = vec![0u8; 3 * size * size];
     for y in 0..size {
         for x in 0..size {
@@ -66,7 +70,7 @@ pub fn shape_image(seed: u64, index: u64, size: usize) -> (Vec<u8>, u32) {
                         x as f64 + (sx as f64 + 0.5) / 4.0,
                         y as f64 + (sy as f64 + 0.5) / 4.0,
                     );
-                    covered += inside(kind, px, py, cx, cy, r, angle) as u32;
+                    covered += inside(kind, px, py, cx, cy, r) as u32;
                 }
             }
             let w = covered as f64 / 16.0;
@@ -94,5 +98,58 @@ pub fn shapes(seed: u64, range: std::ops::Range<u64>, size: usize) -> ImageSet {
         pixels,
         labels,
         classes: SHAPE_CLASSES.iter().map(|s| s.to_string()).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pixels that differ from the background (the corner, which no shape reaches), as
+    /// (covered count, bounding-box width and height, count in the top and bottom rows).
+    fn footprint(pixels: &[u8], size: usize) -> (usize, usize, usize, usize, usize) {
+        let plane = size * size;
+        let differs = |i: usize| (0..3).any(|c| pixels[c * plane + i] != pixels[c * plane]);
+        let (mut x0, mut x1, mut y0, mut y1, mut count) = (size, 0, size, 0, 0);
+        for y in 0..size {
+            for x in 0..size {
+                if differs(y * size + x) {
+                    (x0, x1, y0, y1) = (x0.min(x), x1.max(x), y0.min(y), y1.max(y));
+                    count += 1;
+                }
+            }
+        }
+        let row = |y: usize| (0..size).filter(|&x| differs(y * size + x)).count();
+        (count, x1 + 1 - x0, y1 + 1 - y0, row(y0), row(y1))
+    }
+
+    #[test]
+    fn shapes_are_upright_and_of_the_stated_size() {
+        let mut seen = [0; 3];
+        for i in 0..300 {
+            let (pixels, kind) = shape_image(11, i, 32);
+            let (count, w, h, top, bottom) = footprint(&pixels, 32);
+            let fill = count as f64 / (w * h) as f64;
+            let span = w.max(h);
+            assert!((12..=28).contains(&span), "image {i}: {w} x {h}");
+            match kind {
+                0 => assert!(
+                    w.abs_diff(h) <= 1 && (0.7..0.9).contains(&fill),
+                    "disc {i}: {w}x{h}, fill {fill}"
+                ),
+                // Axis-aligned: a square fills its bounding box (a rotated one fills 50–70 %).
+                1 => assert!(
+                    w.abs_diff(h) <= 1 && fill > 0.9,
+                    "square {i}: {w}x{h}, fill {fill}"
+                ),
+                // Apex up: the top row is a few pixels, the base row is the widest.
+                _ => assert!(
+                    3 * top < bottom && (0.4..0.7).contains(&fill),
+                    "triangle {i}: top {top}, bottom {bottom}, fill {fill}"
+                ),
+            }
+            seen[kind as usize] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 70), "{seen:?}");
     }
 }
