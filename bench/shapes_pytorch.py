@@ -1,4 +1,6 @@
-"""A PyTorch / diffusers reference run of experiments/configs/shapes.toml.
+"""A PyTorch / diffusers reference run of experiments/configs/shapes.toml's DDPM recipe
+(`--set diffusion.loss='"simple"' --set sample.sampler='"ddpm"' --set sample.steps=100`; the
+config's default is now EDM, docs/experiments.md).
 
 Purpose: tell whether blurry samples from our Rust `shapes` experiment are a limit of the
 training budget (PyTorch is just as blurry after the same steps) or a bug on our side
@@ -96,7 +98,8 @@ def shape_image(rng, size=32):
             inside &= dx * math.cos(t) + dy * math.sin(t) <= r * 0.5
     w = inside.reshape(size, 4, size, 4).sum(axis=(1, 3)) / 16.0  # coverage per pixel
     img = w[None] * PALETTE[colour][:, None, None] + (1.0 - w[None]) * PALETTE[background][:, None, None]
-    return np.round(img).astype(np.uint8), kind
+    # Rust's f64::round rounds halves away from zero (numpy's np.round to even).
+    return np.floor(img + 0.5).astype(np.uint8), kind
 
 
 def shapes(n, seed, size=32):

@@ -1,8 +1,8 @@
-//! The image-DDPM pipeline shared by `cifar-ddpm`, `cifar-improved` and `shapes`: data, a
-//! U-Net, the DDPM objective (L_simple, or Improved DDPM's hybrid loss with learned Σ), the
-//! training loop with EMA, checkpoints, resume and sample grids, then evaluation (samples from
+//! The image pipeline shared by `shapes` and the `cifar-*` experiments: data, a U-Net or DiT,
+//! the family's objective (`family`: DDPM's L_simple or hybrid loss, EDM, flow matching, NCSN,
+//! score SDEs), the training loop with EMA, checkpoints, resume and sample grids, then evaluation (samples from
 //! seeded per-sample streams, FID with pytorch-fid's Inception network when its weights are
-//! given, the variational bound in bits/dim on test images).
+//! given, bits/dim on test images: the DDPM bound or the probability-flow likelihood).
 //!
 //! Every random draw of step k is a function of (seed, k): batch order and flips (the
 //! loader), timesteps and noise (per-sample streams indexed by the sample's position in the

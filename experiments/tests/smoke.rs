@@ -436,7 +436,7 @@ fn data_parallel_matches_one_device(bin: &str, name: &str) {
 
 /// A run stopped after 2 steps and resumed to 4 takes the uninterrupted run's steps bit for
 /// bit, dropout included (cifar-ddpm's 0.1: burn's dropout draws from the backend generator,
-/// which the trainer re-seeds from (seed, step) before every micro-batch).
+/// which the trainer re-seeds from (seed, step, micro-batch) before every micro-batch).
 #[test]
 fn a_resumed_run_with_dropout_is_the_uninterrupted_run() {
     let dir = |tag: &str| std::env::temp_dir().join(format!("resume-dropout-{tag}-{}", std::process::id()));

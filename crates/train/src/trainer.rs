@@ -267,6 +267,7 @@ impl<M: Module> Trainer<M> {
         }
         let precision = self.config.compute;
         let weight = 1.0 / self.config.grad_accumulation as f64;
+        let (seed, k) = (self.config.seed, self.config.grad_accumulation);
         self.run_with(
             &mut |model, step, micro| {
                 let parts = shards(step, micro);
@@ -277,6 +278,8 @@ impl<M: Module> Trainer<M> {
                         devices.len()
                     )));
                 }
+                // The workers' devices too, where they are not the model's backend.
+                seed_device_generator(devices, seed, (step * k + micro) as u64);
                 Ok(sharded_gradients(model, devices, parts, precision, weight, &loss))
             },
             hooks,
@@ -301,7 +304,8 @@ impl<M: Module> Trainer<M> {
             let mut step_loss = 0.0;
             let k = config.grad_accumulation;
             for micro in 0..k {
-                seed_device_generator(&model, config.seed, step, micro);
+                let stream = (step * k + micro) as u64;
+                seed_device_generator(&model.devices(), config.seed, stream);
                 let (value, g) = match grads_of(&model, step, micro) {
                     Ok(result) => result,
                     Err(e) => {
@@ -387,17 +391,16 @@ impl<M: Module> Trainer<M> {
     }
 }
 
-/// Re-seeds the backend generator of `model`'s devices from (seed, step, micro) before a
-/// micro-batch. Everything we draw comes from per-sample host streams; only burn's `Dropout`
-/// draws its masks from the backend's global generator, so without this a resumed run would
-/// continue that generator from another state and drop other units than the run it resumes.
-/// (Data-parallel workers that share one backend draw from it concurrently, so their masks
-/// agree with a single-device run only in distribution.)
-fn seed_device_generator<M: Module>(model: &M, seed: u64, step: usize, micro: usize) {
+/// Re-seeds the backend generators of `devices` from (seed, stream) before a micro-batch, where
+/// stream = step · accumulation + micro. Everything we draw comes from per-sample host
+/// streams; only burn's `Dropout` draws its masks from the backend's global generator, so
+/// without this a resumed run would continue that generator from another state and drop other
+/// units than the run it resumes. (Data-parallel workers that share one backend draw from it
+/// concurrently, so their masks agree with a single-device run only in distribution.)
+fn seed_device_generator(devices: &[Device], seed: u64, stream: u64) {
     use diffusion_core::noise::{sample_rng, uniform};
-    let stream = ((step as u64) << 16) | micro as u64;
     let value = uniform(&mut sample_rng(seed ^ DROPOUT_STREAM, stream)).to_bits();
-    for device in model.devices() {
+    for device in devices {
         device.seed(value);
     }
 }
