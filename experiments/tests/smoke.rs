@@ -9,6 +9,18 @@ fn run(bin: &str, args: &[&str]) -> std::process::Output {
         .expect("the experiment binary runs")
 }
 
+/// The run folder's `metrics.json`.
+fn metrics_of(out: &std::path::Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap()
+}
+
+/// Every one of `files` exists under `out` (`what` names the run in the failure).
+fn assert_written(out: &std::path::Path, files: &[&str], what: &str) {
+    for file in files {
+        assert!(out.join(file).exists(), "{what}: {file} missing");
+    }
+}
+
 /// [`run`], which must succeed (its stderr is the failure message).
 fn run_ok(bin: &str, args: &[&str]) -> std::process::Output {
     let result = run(bin, args);
@@ -42,18 +54,19 @@ fn toy2d_writes_its_run_folder() {
             "data.name=checkerboard",
         ],
     );
-    for file in [
-        "config.toml",
-        "loss.csv",
-        "loss.png",
-        "samples.npy",
-        "samples.png",
-        "metrics.json",
-    ] {
-        assert!(out.join(file).exists(), "{file} missing");
-    }
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_written(
+        &out,
+        &[
+            "config.toml",
+            "loss.csv",
+            "loss.png",
+            "samples.npy",
+            "samples.png",
+            "metrics.json",
+        ],
+        "",
+    );
+    let metrics = metrics_of(&out);
     assert_eq!(metrics["nfe"], 20);
     assert!(metrics["sliced_wasserstein"].as_f64().unwrap().is_finite());
     let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
@@ -112,20 +125,21 @@ fn flow2d_writes_its_run_folder() {
             "eval.trajectories=8",
         ],
     );
-    for file in [
-        "config.toml",
-        "loss.csv",
-        "metrics.json",
-        "table.md",
-        "sw_vs_steps.png",
-        "trajectories.png",
-        "reflow-pairs/x0.npy",
-        "reflow-pairs/x1.npy",
-    ] {
-        assert!(out.join(file).exists(), "{file} missing");
-    }
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_written(
+        &out,
+        &[
+            "config.toml",
+            "loss.csv",
+            "metrics.json",
+            "table.md",
+            "sw_vs_steps.png",
+            "trajectories.png",
+            "reflow-pairs/x0.npy",
+            "reflow-pairs/x1.npy",
+        ],
+        "",
+    );
+    let metrics = metrics_of(&out);
     for method in ["cfm", "ot-cfm", "rf2"] {
         let sw = &metrics["methods"][method]["sliced_wasserstein"];
         assert!(
@@ -165,25 +179,26 @@ fn image_smoke(bin: &str, name: &str, ddpm: bool, bpd: bool) {
         format!("{stdout}{stderr}").contains("resumed at step 2"),
         "{stdout}{stderr}"
     );
-    for file in [
-        "config.toml",
-        "metrics.jsonl",
-        "loss.png",
-        "samples.npy",
-        "samples.png",
-        "metrics.json",
-        "samples/step-00000002.png",
-        "samples/step-00000004.png",
-        "checkpoints/step-00000004/state.json",
-        "model/model.json",
-        "model/model.safetensors",
-    ] {
-        assert!(out.join(file).exists(), "{name}: {file} missing");
-    }
+    assert_written(
+        &out,
+        &[
+            "config.toml",
+            "metrics.jsonl",
+            "loss.png",
+            "samples.npy",
+            "samples.png",
+            "metrics.json",
+            "samples/step-00000002.png",
+            "samples/step-00000004.png",
+            "checkpoints/step-00000004/state.json",
+            "model/model.json",
+            "model/model.safetensors",
+        ],
+        name,
+    );
     // Only the DDPM family has a diffusers scheduler and the variational bound.
     assert_eq!(out.join("model/scheduler_config.json").exists(), ddpm, "{name}");
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let metrics = metrics_of(&out);
     assert_eq!(metrics["steps"], 4);
     assert_eq!(metrics["num_samples"], 6);
     if bpd {
@@ -328,8 +343,7 @@ fn shapes_trains_in_bf16_mixed_precision() {
             "train.precision=bf16",
         ],
     );
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let metrics = metrics_of(&out);
     assert!(metrics["final_loss"].as_f64().unwrap().is_finite(), "{metrics}");
     std::fs::remove_dir_all(&out).unwrap();
 }
@@ -341,19 +355,20 @@ fn guidance2d_smoke_writes_its_run_folder() {
         env!("CARGO_BIN_EXE_guidance2d"),
         &["--smoke", "--out", out.to_str().unwrap()],
     );
-    for file in [
-        "config.toml",
-        "metrics.json",
-        "table.md",
-        "cfg.png",
-        "classifier.png",
-        "cfgpp.png",
-        "inpainting.png",
-    ] {
-        assert!(out.join(file).exists(), "{file} missing");
-    }
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_written(
+        &out,
+        &[
+            "config.toml",
+            "metrics.json",
+            "table.md",
+            "cfg.png",
+            "classifier.png",
+            "cfgpp.png",
+            "inpainting.png",
+        ],
+        "",
+    );
+    let metrics = metrics_of(&out);
     for method in ["replacement", "RePaint", "SMCDiff"] {
         assert!(
             metrics["inpainting"][method]["w1_to_exact"]
@@ -527,15 +542,16 @@ fn cifar_flow_reflows_and_resumes_the_round() {
     ];
     args.extend(reflow);
     run_ok(bin, &args);
-    for file in [
-        "reflow-1/pairs/x0.npy",
-        "reflow-1/pairs/x1.npy",
-        "reflow-1/checkpoints/step-00000002",
-    ] {
-        assert!(out.join(file).exists(), "{file} missing");
-    }
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    assert_written(
+        &out,
+        &[
+            "reflow-1/pairs/x0.npy",
+            "reflow-1/pairs/x1.npy",
+            "reflow-1/checkpoints/step-00000002",
+        ],
+        "",
+    );
+    let metrics = metrics_of(&out);
     let round = &metrics["reflow"][0];
     assert_eq!(round["steps"], 2, "{metrics}");
     assert!(
@@ -551,8 +567,7 @@ fn cifar_flow_reflows_and_resumes_the_round() {
         stdout.contains("reflow 1: pairs read") && stdout.contains("reflow 1: resumed at step 2"),
         "{stdout}"
     );
-    let metrics: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap()).unwrap();
+    let metrics = metrics_of(&out);
     assert_eq!(metrics["reflow"][0]["steps"], 3, "{metrics}");
     // Training the base flow further makes the kept pairs stale: refused, not reused.
     let extended = run(
