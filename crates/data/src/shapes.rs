@@ -131,7 +131,9 @@ mod tests {
             let (count, w, h, top, bottom) = footprint(&pixels, 32);
             let fill = count as f64 / (w * h) as f64;
             let span = w.max(h);
-            assert!((12..=28).contains(&span), "image {i}: {w} x {h}");
+            // The smallest square is 12.8 px a side, the largest disc 25.6 px across (plus the
+            // anti-aliased edge pixels); RADIUS (0.22, 0.40) or (0.25, 0.43) fails this.
+            assert!((13..=27).contains(&span), "image {i}: {w} x {h}");
             match kind {
                 0 => assert!(
                     w.abs_diff(h) <= 1 && (0.7..0.9).contains(&fill),
