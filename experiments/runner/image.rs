@@ -1,8 +1,9 @@
 //! The image pipeline shared by `shapes` and the `cifar-*` experiments: data, a U-Net or DiT,
 //! the family's objective (`family`: DDPM's L_simple or hybrid loss, EDM, flow matching, NCSN,
-//! score SDEs), the training loop with EMA, checkpoints, resume and sample grids, then evaluation (samples from
-//! seeded per-sample streams, FID with pytorch-fid's Inception network when its weights are
-//! given, bits/dim on test images: the DDPM bound or the probability-flow likelihood).
+//! score SDEs), the training loop with EMA, checkpoints, resume and sample grids, then
+//! evaluation (samples from seeded per-sample streams, FID with pytorch-fid's Inception network
+//! when its weights are given, bits/dim on test images: the DDPM bound or the
+//! probability-flow likelihood).
 //!
 //! Every random draw of step k is a function of (seed, k): batch order and flips (the
 //! loader), timesteps and noise (per-sample streams indexed by the sample's position in the
@@ -741,7 +742,7 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
     for steps in [cfg.sample.steps, cfg.sample.grid_steps] {
         family.sampler(&cfg.sample.sampler, steps, cfg.sample.eta, tolerance)?;
     }
-    crate::reflow::validate(cfg.reflow.as_ref(), &family)?;
+    crate::reflow::validate(cfg.reflow.as_ref(), &family, tolerance)?;
     let classes = train_set.num_classes();
     let model_cfg = model_config(&cfg, shape, family.output_factor(), classes, smoke)?;
     let class_dropout = match &model_cfg {

@@ -116,8 +116,9 @@ struct PairShard {
     first: u64,
 }
 
-/// Checks `[reflow]` against the family before anything is trained.
-pub fn validate(section: Option<&ReflowSection>, family: &Family) -> Result<()> {
+/// Checks `[reflow]` against the family before anything is trained (`tolerance`: the adaptive
+/// solvers' `eval.ode_tolerance`).
+pub fn validate(section: Option<&ReflowSection>, family: &Family, tolerance: f64) -> Result<()> {
     let Some(r) = section.filter(|r| r.rounds > 0) else {
         return Ok(());
     };
@@ -131,7 +132,9 @@ pub fn validate(section: Option<&ReflowSection>, family: &Family) -> Result<()> 
             "[reflow]: pairs, steps, sampler_steps and straightness_steps must be positive".into(),
         ));
     }
-    family.sampler(&r.sampler, r.sampler_steps, 0.0, 1e-5).map(|_| ())
+    family
+        .sampler(&r.sampler, r.sampler_steps, 0.0, tolerance)
+        .map(|_| ())
 }
 
 /// S(Z) of the flow `model` on 16 fixed noise draws (`steps` uniform Euler steps).

@@ -21,6 +21,16 @@ fn assert_written(out: &std::path::Path, files: &[&str], what: &str) {
     }
 }
 
+/// `bin --smoke --out OUT --set S…` followed by `extra`, which must succeed.
+fn smoke_ok(bin: &str, out: &std::path::Path, sets: &[&str], extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["--smoke", "--out", out.to_str().unwrap()];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    args.extend(extra);
+    run_ok(bin, &args)
+}
+
 /// [`run`], which must succeed (its stderr is the failure message).
 fn run_ok(bin: &str, args: &[&str]) -> std::process::Output {
     let result = run(bin, args);
@@ -157,16 +167,7 @@ fn flow2d_writes_its_run_folder() {
 fn image_smoke(bin: &str, name: &str, ddpm: bool, bpd: bool) {
     let out = std::env::temp_dir().join(format!("{name}-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    run_ok(
-        bin,
-        &[
-            "--smoke",
-            "--out",
-            out.to_str().unwrap(),
-            "--set",
-            "train.steps=2",
-        ],
-    );
+    smoke_ok(bin, &out, &["train.steps=2"], &[]);
     assert!(out.join("checkpoints/step-00000002").is_dir());
     let resumed = run(
         bin,
@@ -333,16 +334,7 @@ fn a_missing_data_set_says_where_to_get_it() {
 fn shapes_trains_in_bf16_mixed_precision() {
     let out = std::env::temp_dir().join(format!("shapes-bf16-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    run_ok(
-        env!("CARGO_BIN_EXE_shapes"),
-        &[
-            "--smoke",
-            "--out",
-            out.to_str().unwrap(),
-            "--set",
-            "train.precision=bf16",
-        ],
-    );
+    smoke_ok(env!("CARGO_BIN_EXE_shapes"), &out, &["train.precision=bf16"], &[]);
     let metrics = metrics_of(&out);
     assert!(metrics["final_loss"].as_f64().unwrap().is_finite(), "{metrics}");
     std::fs::remove_dir_all(&out).unwrap();
@@ -412,17 +404,8 @@ fn data_parallel_matches_one_device(bin: &str, name: &str) {
     for (tag, devices) in [("one", None), ("two", Some("2"))] {
         let out = dir(tag);
         let _ = std::fs::remove_dir_all(&out);
-        let mut args = vec![
-            "--smoke",
-            "--out",
-            out.to_str().unwrap(),
-            "--set",
-            "train.steps=5",
-        ];
-        if let Some(d) = devices {
-            args.extend(["--devices", d]);
-        }
-        run_ok(bin, &args);
+        let extra = devices.map_or(vec![], |d| vec!["--devices", d]);
+        smoke_ok(bin, &out, &["train.steps=5"], &extra);
         losses.push(logged_losses(&out));
         norms.push(logged(&out, "grad_norm"));
         std::fs::remove_dir_all(&out).unwrap();
@@ -460,10 +443,7 @@ fn a_resumed_run_with_dropout_is_the_uninterrupted_run() {
         let _ = std::fs::remove_dir_all(out);
     }
     let smoke = |out: &std::path::Path, steps: &str| {
-        run_ok(
-            env!("CARGO_BIN_EXE_cifar-ddpm"),
-            &["--smoke", "--out", out.to_str().unwrap(), "--set", steps],
-        );
+        smoke_ok(env!("CARGO_BIN_EXE_cifar-ddpm"), out, &[steps], &[]);
     };
     smoke(&whole, "train.steps=4");
     smoke(&parts, "train.steps=2");
@@ -608,22 +588,13 @@ fn loss_weighting_reaches_the_objective() {
         let out = std::env::temp_dir().join(format!("shapes-{weighting}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
         let set = format!("diffusion.weighting=\"{weighting}\"");
-        run_ok(
-            env!("CARGO_BIN_EXE_shapes"),
-            &[
-                "--smoke",
-                "--out",
-                out.to_str().unwrap(),
-                "--set",
-                "train.steps=1",
-                "--set",
-                "diffusion.loss=\"simple\"",
-                "--set",
-                "sample.sampler=\"ddpm\"",
-                "--set",
-                &set,
-            ],
-        );
+        let sets = [
+            "train.steps=1",
+            "diffusion.loss=\"simple\"",
+            "sample.sampler=\"ddpm\"",
+            &set,
+        ];
+        smoke_ok(env!("CARGO_BIN_EXE_shapes"), &out, &sets, &[]);
         first.push(logged_losses(&out)[0]);
         std::fs::remove_dir_all(&out).unwrap();
     }

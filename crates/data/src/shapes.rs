@@ -1,7 +1,8 @@
 //! Shapes: a built-in image data set that needs no download. Each 32 × 32 RGB image is one
-//! coloured disc, square or triangle (upright, of random size and place) on a plain background; image i is drawn from the ChaCha12
-//! stream (seed, i), so any image can be generated alone and a set is the same however it is
-//! split. Edges are anti-aliased by 4 × 4 supersampling. The label is the kind of shape.
+//! coloured disc, square or triangle (upright, of random size and place) on a plain
+//! background; image i is drawn from the ChaCha12 stream (seed, i), so any image can be
+//! generated alone and a set is the same however it is split. Edges are anti-aliased by 4 × 4
+//! supersampling. The label is the kind of shape.
 
 use diffusion_core::noise::{sample_rng, uniform};
 

@@ -227,7 +227,9 @@ impl<M: Module> Trainer<M> {
     ) -> Result<()> {
         let precision = self.config.compute;
         let weight = 1.0 / self.config.grad_accumulation as f64;
+        let devices = self.model().devices();
         self.run_with(
+            &devices,
             &mut |model, step, micro| {
                 // The weights the loss sees: the f32 masters, or their bf16 copy on the tape.
                 let compute = match precision {
@@ -267,8 +269,8 @@ impl<M: Module> Trainer<M> {
         }
         let precision = self.config.compute;
         let weight = 1.0 / self.config.grad_accumulation as f64;
-        let (seed, k) = (self.config.seed, self.config.grad_accumulation);
         self.run_with(
+            devices,
             &mut |model, step, micro| {
                 let parts = shards(step, micro);
                 if parts.len() != devices.len() {
@@ -278,8 +280,6 @@ impl<M: Module> Trainer<M> {
                         devices.len()
                     )));
                 }
-                // The workers' devices too, where they are not the model's backend.
-                seed_device_generator(devices, seed, (step * k + micro) as u64);
                 Ok(sharded_gradients(model, devices, parts, precision, weight, &loss))
             },
             hooks,
@@ -287,8 +287,15 @@ impl<M: Module> Trainer<M> {
     }
 
     /// The training loop: `grads_of(model, step, micro)` returns the loss of a micro-batch and
-    /// the gradients of its share of the step's loss (already divided by the accumulation).
-    fn run_with(&mut self, grads_of: &mut GradsOf<'_, M>, hooks: &mut dyn TrainHooks<M>) -> Result<()> {
+    /// the gradients of its share of the step's loss (already divided by the accumulation);
+    /// `devices` (the model's, and the data-parallel workers') have their generators re-seeded
+    /// before every micro-batch.
+    fn run_with(
+        &mut self,
+        devices: &[Device],
+        grads_of: &mut GradsOf<'_, M>,
+        hooks: &mut dyn TrainHooks<M>,
+    ) -> Result<()> {
         let config = self.config.clone();
         let progress = Progress::new(config.steps, self.step, self.run_dir.as_deref(), self.quiet);
         progress.restart_log(&self.log);
@@ -304,8 +311,7 @@ impl<M: Module> Trainer<M> {
             let mut step_loss = 0.0;
             let k = config.grad_accumulation;
             for micro in 0..k {
-                let stream = (step * k + micro) as u64;
-                seed_device_generator(&model.devices(), config.seed, stream);
+                seed_device_generator(devices, config.seed, (step * k + micro) as u64);
                 let (value, g) = match grads_of(&model, step, micro) {
                     Ok(result) => result,
                     Err(e) => {
