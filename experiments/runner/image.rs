@@ -124,7 +124,14 @@ pub struct ModelSection {
     /// Group-norm groups.
     #[serde(default)]
     pub norm_num_groups: Option<usize>,
-    /// A DiT: the probability of training with the null label (classifier-free guidance).
+    /// Condition the network on the data set's labels (a DiT always is, a U-Net when `true`):
+    /// the U-Net's class table gets one row more than there are classes, the null label of
+    /// classifier-free guidance.
+    #[serde(default)]
+    pub class_conditional: Option<bool>,
+    /// A class-conditional model: the probability of training with the null label
+    /// (classifier-free guidance, Ho & Salimans 2022; 0.1 when absent). Unconditional models
+    /// ignore it.
     #[serde(default)]
     pub class_dropout: Option<f64>,
 }
@@ -336,6 +343,13 @@ fn model_config(
     smoke: bool,
 ) -> Result<ModelConfig> {
     let m = &cfg.model;
+    if let Some(p) = m.class_dropout
+        && !(0.0..1.0).contains(&p)
+    {
+        return Err(RunError::Config(format!(
+            "model.class_dropout must lie in [0, 1), got {p}"
+        )));
+    }
     let mut config = preset(&m.preset).map_err(fail)?;
     match &mut config {
         ModelConfig::Unet(u) => {
@@ -378,6 +392,15 @@ fn model_config(
             if let Some(l) = m.layers_per_block {
                 u.layers_per_block = l;
             }
+            if m.class_conditional == Some(true) {
+                if classes == 0 {
+                    return Err(RunError::Config(format!(
+                        "model.class_conditional: data set `{}` has no labels",
+                        cfg.data.name
+                    )));
+                }
+                u.num_class_embeds = Some(classes + 1);
+            }
             if let Some(g) = m.norm_num_groups {
                 u.norm_num_groups = g;
                 if u.attn_norm_num_groups.is_some() {
@@ -388,6 +411,12 @@ fn model_config(
                 .map_err(|e| RunError::Config(format!("model: {e}")))?;
         }
         ModelConfig::Dit(d) => {
+            if m.class_conditional == Some(false) {
+                return Err(RunError::Config(format!(
+                    "model.preset = `{}` is a class-conditional DiT: set model.class_conditional = true",
+                    m.preset
+                )));
+            }
             d.seed = cfg.seed;
             d.input_size = shape[1];
             d.in_channels = shape[0];
@@ -453,11 +482,11 @@ pub(crate) fn draw_from(
     let device = x.device();
     let sampler = family.sampler(&cfg.sample.sampler, steps, cfg.sample.eta, cfg.eval.ode_tolerance)?;
     let mut noise = SampleNoise::range(cfg.seed ^ 0x5a3b_1e00, range.clone());
-    let out = match model {
-        // A class-conditional DiT draws sample i of class i mod C, with classifier-free guidance.
-        Model::Dit(dit) => {
-            let classes = dit.null_class() as u64;
-            let labels: Vec<i64> = range.map(|i| (i % classes) as i64).collect();
+    let out = match null_class(model) {
+        // A class-conditional model draws sample i of class i mod C, with classifier-free
+        // guidance.
+        Some(null) => {
+            let labels: Vec<i64> = range.map(|i| (i % null as u64) as i64).collect();
             let n = labels.len();
             let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &device);
             let conditional = |x: Tensor<2>, t: Tensor<1>, l: Tensor<1, Int>| {
@@ -471,19 +500,47 @@ pub(crate) fn draw_from(
                 )
             };
             let scale = cfg.sample.guidance_scale.unwrap_or(1.0);
-            let guided = batched_cfg(conditional, labels, dit.null_class() as i64, scale, features);
+            let guided = batched_cfg(conditional, labels, null, scale, features);
             let denoiser = family.denoiser(&guided);
             sampler.sample(denoiser.as_ref(), x, &mut noise)
         }
-        _ => {
-            let cond = Conditioning::default();
-            let net = |x: Tensor<2>, t: Tensor<1>| model.forward_flat(x, t, &cond);
+        None => {
+            let net = unconditional(model);
             let denoiser = family.denoiser(&net);
             sampler.sample(denoiser.as_ref(), x, &mut noise)
         }
     }
     .map_err(fail)?;
     Ok(out.x)
+}
+
+/// The null label of a class-conditional model: the last row of its class table, which
+/// classifier-free guidance trains as "no class" (a DiT's `num_classes`; the `classes + 1`-th
+/// row of a U-Net of `model.class_conditional`). `None` for an unconditional model.
+pub(crate) fn null_class(model: &Model) -> Option<i64> {
+    match model {
+        Model::Dit(dit) => Some(dit.null_class() as i64),
+        Model::Unet(unet) => unet
+            .class_embedding
+            .as_ref()
+            .map(|table| table.weight.dims()[0] as i64 - 1),
+        Model::Mlp(_) => None,
+    }
+}
+
+/// The model's prediction with every sample given the null label: the unconditional model
+/// of a class-conditional one (the model itself for an unconditional one), which the
+/// likelihoods evaluate.
+pub(crate) fn unconditional(model: &Model) -> impl Fn(Tensor<2>, Tensor<1>) -> Tensor<2> + '_ {
+    let null = null_class(model);
+    move |x: Tensor<2>, t: Tensor<1>| {
+        let n = x.dims()[0];
+        let cond = Conditioning {
+            class_labels: null.map(|k| Tensor::<1, Int>::full([n], k, &x.device())),
+            context: None,
+        };
+        model.forward_flat(x, t, &cond)
+    }
 }
 
 /// Writes the EMA weights as a model folder (`RUN/model`: model.json, model.safetensors and,
@@ -523,7 +580,8 @@ fn export_model(
 }
 
 /// The mean full variational bound (bits/dim) of the 8-bit images `pixels` (Ho et al. 2020,
-/// §4.3: L_0 … L_T with the discretised decoder).
+/// §4.3: L_0 … L_T with the discretised decoder); a class-conditional model is evaluated
+/// unconditionally (the null label), a bound on the marginal likelihood.
 fn bound_bits_per_dim(
     model: &Model,
     schedule: &DiscreteSchedule,
@@ -548,20 +606,15 @@ fn bound_bits_per_dim(
         .map(|&b| diffusion_data::images::to_signed_unit(b))
         .collect();
     let x0 = Tensor::<2>::from_data(TensorData::new(values, [m, features]), (device, DType::F32));
-    let cond = Conditioning::default();
     let report = vlb
-        .evaluate(
-            |x, t| model.forward_flat(x, t, &cond),
-            x0,
-            |t| {
-                SampleNoise::range(seed ^ 0xb9d0 ^ ((t as u64) << 20), 0..m as u64).normal_tensor(
-                    m,
-                    features,
-                    device,
-                    DType::F32,
-                )
-            },
-        )
+        .evaluate(unconditional(model), x0, |t| {
+            SampleNoise::range(seed ^ 0xb9d0 ^ ((t as u64) << 20), 0..m as u64).normal_tensor(
+                m,
+                features,
+                device,
+                DType::F32,
+            )
+        })
         .map_err(fail)?;
     Ok(to_f64(&report.total).iter().sum::<f64>() / m as f64)
 }
@@ -571,7 +624,8 @@ fn bound_bits_per_dim(
 /// (Rademacher probes) and RK45 at `eval.ode_tolerance` (1e-5 in score_sde's likelihood, App. D of Song
 /// et al. 2021). For a score SDE the ODE is its probability flow from t = ε; for a flow it is
 /// dx/dt = v(x, t) from the data at t = 1 to N(0, I) at t = 0 (Lipman et al. 2023, App. C).
-/// `model` lives on an autodiff device (the divergence is a reverse pass).
+/// `model` lives on an autodiff device (the divergence is a reverse pass); a class-conditional
+/// model is evaluated unconditionally (the null label).
 fn ode_bits_per_dim(
     model: &Model,
     family: &Family,
@@ -587,8 +641,7 @@ fn ode_bits_per_dim(
     let values = dequantize(&levels, &noise.uniform(features), Quantization::default());
     let device = model.devices().first().cloned().unwrap_or_default();
     let x = diffusion_core::tensor::from_f64(values, [m, features], &device, DType::F32);
-    let cond = Conditioning::default();
-    let net = |x: Tensor<2>, t: Tensor<1>| model.forward_flat(x, t, &cond);
+    let net = unconditional(model);
     let solver = Dopri5 {
         rtol: tolerance,
         atol: tolerance,
@@ -747,8 +800,16 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
     let model_cfg = model_config(&cfg, shape, family.output_factor(), classes, smoke)?;
     let class_dropout = match &model_cfg {
         ModelConfig::Dit(d) => Some(d.class_dropout_prob),
+        ModelConfig::Unet(u) if u.num_class_embeds.is_some() => Some(cfg.model.class_dropout.unwrap_or(0.1)),
         _ => None,
     };
+    if class_dropout.is_some() && cfg.reflow.as_ref().is_some_and(|r| r.rounds > 0) {
+        return Err(RunError::Config(
+            "[reflow] retrains an unconditional flow; it does not support class-conditional \
+             models (model.class_conditional or a DiT)"
+                .into(),
+        ));
+    }
     let ad = device.clone().autodiff();
     let model = model_cfg.init(&ad);
     run.say(format!(
@@ -1045,5 +1106,43 @@ mod tests {
             let exact = -0.5 * d as f64 * (2.0 * std::f64::consts::PI * s * s).ln() - sq / (2.0 * s * s);
             assert!((lp - exact).abs() < 1e-3, "sample {i}: {lp} vs {exact}");
         }
+    }
+
+    /// A class-conditional U-Net's unconditional model is the network at the null label (the
+    /// last row of its class table), not the network without a class embedding.
+    #[test]
+    fn the_unconditional_model_sees_the_null_label() {
+        let device = diffusion_core::DeviceSpec::from_env(diffusion_core::device::BACKEND_ENV)
+            .and_then(|spec| spec.open())
+            .expect("the test backend opens");
+        let mut cfg: ImageConfig = toml::from_str(include_str!("../configs/shapes.toml")).unwrap();
+        cfg.model.class_conditional = Some(true);
+        let model = model_config(&cfg, [3, 16, 16], 1, 3, false)
+            .unwrap()
+            .init(&device);
+        assert_eq!(null_class(&model), Some(3));
+        let x = SampleNoise::range(3, 0..2).normal_tensor(2, 3 * 16 * 16, &device, DType::F32);
+        let t = Tensor::<1>::from_floats([0.1, -0.4], &device);
+        let at = |label: Option<i64>| {
+            let cond = Conditioning {
+                class_labels: label.map(|k| Tensor::<1, Int>::full([2], k, &device)),
+                context: None,
+            };
+            to_f64(&model.forward_flat(x.clone(), t.clone(), &cond))
+        };
+        let unconditional = to_f64(&unconditional(&model)(x.clone(), t.clone()));
+        assert_eq!(unconditional, at(Some(3)));
+        for other in [None, Some(0)] {
+            let differs = unconditional
+                .iter()
+                .zip(at(other))
+                .any(|(a, b)| (a - b).abs() > 1e-4);
+            assert!(differs, "{other:?} gives the null label's output");
+        }
+        cfg.model.class_conditional = Some(false);
+        let plain = model_config(&cfg, [3, 16, 16], 1, 3, false)
+            .unwrap()
+            .init(&device);
+        assert_eq!(null_class(&plain), None);
     }
 }

@@ -232,6 +232,32 @@ fn shapes_smoke_runs_the_whole_pipeline() {
     image_smoke(env!("CARGO_BIN_EXE_shapes"), "shapes", false, false);
 }
 
+/// `model.class_conditional`: the U-Net gets a class table with a null row (3 shapes + 1) and
+/// samples with classifier-free guidance, so the guidance scale changes what the same trained
+/// weights draw (it could not if the labels did not reach the network).
+#[test]
+fn shapes_trains_a_class_conditional_unet_and_guides_it() {
+    let samples = |scale: &str| {
+        let out = std::env::temp_dir().join(format!("shapes-cfg-{scale}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let guidance = format!("sample.guidance_scale={scale}");
+        smoke_ok(
+            env!("CARGO_BIN_EXE_shapes"),
+            &out,
+            &["train.steps=2", "model.class_conditional=true", &guidance],
+            &[],
+        );
+        let model = std::fs::read_to_string(out.join("model/model.json")).unwrap();
+        assert!(model.contains("\"num_class_embeds\": 4"), "{model}");
+        let drawn = std::fs::read(out.join("samples.npy")).unwrap();
+        std::fs::remove_dir_all(&out).unwrap();
+        drawn
+    };
+    let conditional = samples("1.0");
+    assert_eq!(conditional, samples("1.0"), "a seeded run draws the same samples");
+    assert_ne!(conditional, samples("3.0"), "guidance changes the samples");
+}
+
 #[test]
 fn cifar_dit_smoke_runs_the_whole_pipeline() {
     image_smoke(env!("CARGO_BIN_EXE_cifar-dit"), "cifar-dit", true, true);
@@ -283,10 +309,45 @@ fn image_experiments_check_their_configuration_before_training() {
             vec!["--set", "diffusion.weighting=\"min-snr\""],
             "expected uniform, snr, min-snr-γ",
         ),
+        (
+            vec![
+                "--set",
+                "model.class_conditional=true",
+                "--set",
+                "model.class_dropout=1.5",
+            ],
+            "must lie in [0, 1)",
+        ),
+        (
+            vec![
+                "--set",
+                "model.preset=\"dit-s-2\"",
+                "--set",
+                "model.class_conditional=false",
+            ],
+            "is a class-conditional DiT",
+        ),
+        (
+            vec![
+                "--cifar-flow",
+                "--set",
+                "reflow.rounds=1",
+                "--set",
+                "model.class_conditional=true",
+            ],
+            "does not support class-conditional",
+        ),
     ] {
+        // `--cifar-flow` (not an option): the case is cifar-flow's, whose config has [reflow].
+        let flow = args.first() == Some(&"--cifar-flow");
         let mut all = vec!["--smoke", "--out", out.to_str().unwrap()];
-        all.extend(args);
-        let result = run(env!("CARGO_BIN_EXE_shapes"), &all);
+        all.extend(args.into_iter().skip(flow as usize));
+        let bin = if flow {
+            env!("CARGO_BIN_EXE_cifar-flow")
+        } else {
+            env!("CARGO_BIN_EXE_shapes")
+        };
+        let result = run(bin, &all);
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert!(!result.status.success(), "{all:?} succeeded");
         assert!(stderr.contains(message), "{all:?}: {stderr}");
