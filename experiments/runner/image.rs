@@ -580,8 +580,8 @@ fn export_model(
 }
 
 /// The mean full variational bound (bits/dim) of the 8-bit images `pixels` (Ho et al. 2020,
-/// §4.3: L_0 … L_T with the discretised decoder); a class-conditional model is evaluated
-/// unconditionally (the null label), a bound on the marginal likelihood.
+/// §4.3: L_0 … L_T with the discretised decoder); a class-conditional model is evaluated as
+/// its unconditional model (the null label).
 fn bound_bits_per_dim(
     model: &Model,
     schedule: &DiscreteSchedule,
