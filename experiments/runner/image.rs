@@ -6,8 +6,8 @@
 //! probability-flow likelihood).
 //!
 //! Every random draw of step k is a function of (seed, k): batch order and flips (the
-//! loader), timesteps and noise (per-sample streams indexed by the sample's position in the
-//! training stream). So `--resume RUN_DIR` continues exactly, and a run with `--smoke` runs
+//! loader), timesteps, noise and a class-conditional model's label dropout (per-sample streams
+//! indexed by the sample's position in the training stream). So `--resume RUN_DIR` continues exactly, and a run with `--smoke` runs
 //! the whole pipeline on small generated data in the real file format in seconds.
 
 use std::path::{Path, PathBuf};
@@ -343,11 +343,20 @@ fn model_config(
     smoke: bool,
 ) -> Result<ModelConfig> {
     let m = &cfg.model;
+    // The null label must be trained: guidance and the likelihoods use it.
     if let Some(p) = m.class_dropout
-        && !(0.0..1.0).contains(&p)
+        && !(p > 0.0 && p < 1.0)
     {
         return Err(RunError::Config(format!(
-            "model.class_dropout must lie in [0, 1), got {p}"
+            "model.class_dropout must lie in (0, 1), got {p}: guidance and bits/dim use the \
+             null label, which it trains"
+        )));
+    }
+    if let Some(w) = cfg.sample.guidance_scale
+        && !(w >= 0.0 && w.is_finite())
+    {
+        return Err(RunError::Config(format!(
+            "sample.guidance_scale must be finite and ≥ 0 (1: no guidance), got {w}"
         )));
     }
     let mut config = preset(&m.preset).map_err(fail)?;
@@ -392,10 +401,14 @@ fn model_config(
             if let Some(l) = m.layers_per_block {
                 u.layers_per_block = l;
             }
+            // The class table is ours (the classes and the null label) or none: a preset's
+            // own table (ADM ImageNet's 1000 classes) does not fit this data set.
+            u.num_class_embeds = None;
             if m.class_conditional == Some(true) {
-                if classes == 0 {
+                if classes < 2 {
                     return Err(RunError::Config(format!(
-                        "model.class_conditional: data set `{}` has no labels",
+                        "model.class_conditional needs a labelled data set: `{}` has {classes} \
+                         class(es) (a `folder` data set is labelled by one subfolder per class)",
                         cfg.data.name
                     )));
                 }
@@ -500,9 +513,16 @@ pub(crate) fn draw_from(
                 )
             };
             let scale = cfg.sample.guidance_scale.unwrap_or(1.0);
-            let guided = batched_cfg(conditional, labels, null, scale, features);
-            let denoiser = family.denoiser(&guided);
-            sampler.sample(denoiser.as_ref(), x, &mut noise)
+            if scale == 1.0 {
+                // w = 1 is the conditional model: no unconditional half to evaluate.
+                let net = |x: Tensor<2>, t: Tensor<1>| conditional(x, t, labels.clone());
+                let denoiser = family.denoiser(&net);
+                sampler.sample(denoiser.as_ref(), x, &mut noise)
+            } else {
+                let guided = batched_cfg(conditional, labels, null, scale, features);
+                let denoiser = family.denoiser(&guided);
+                sampler.sample(denoiser.as_ref(), x, &mut noise)
+            }
         }
         None => {
             let net = unconditional(model);
@@ -706,6 +726,9 @@ struct Metrics {
     train_seconds: f64,
     sampler: String,
     sample_steps: usize,
+    /// The classifier-free guidance scale of a class-conditional model's samples (`None`:
+    /// an unconditional model).
+    guidance_scale: Option<f64>,
     num_samples: usize,
     sample_seconds: f64,
     fid: Option<f64>,
@@ -805,16 +828,21 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
     };
     if class_dropout.is_some() && cfg.reflow.as_ref().is_some_and(|r| r.rounds > 0) {
         return Err(RunError::Config(
-            "[reflow] retrains an unconditional flow; it does not support class-conditional \
-             models (model.class_conditional or a DiT)"
+            "reflow.rounds > 0 needs an unconditional flow: set model.class_conditional = false \
+             or reflow.rounds = 0 (a DiT is always class-conditional)"
                 .into(),
         ));
     }
     let ad = device.clone().autodiff();
     let model = model_cfg.init(&ad);
     run.say(format!(
-        "{} with {} parameters",
+        "{}{} with {} parameters",
         cfg.model.preset,
+        if class_dropout.is_some() {
+            format!(", conditioned on {classes} classes")
+        } else {
+            String::new()
+        },
         model.num_params()
     ));
 
@@ -1041,6 +1069,7 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         train_seconds,
         sampler: cfg.sample.sampler.clone(),
         sample_steps: cfg.sample.steps,
+        guidance_scale: class_dropout.map(|_| cfg.sample.guidance_scale.unwrap_or(1.0)),
         num_samples: n,
         sample_seconds,
         fid,
@@ -1132,17 +1161,32 @@ mod tests {
         };
         let unconditional = to_f64(&unconditional(&model)(x.clone(), t.clone()));
         assert_eq!(unconditional, at(Some(3)));
-        for other in [None, Some(0)] {
-            let differs = unconditional
-                .iter()
-                .zip(at(other))
-                .any(|(a, b)| (a - b).abs() > 1e-4);
-            assert!(differs, "{other:?} gives the null label's output");
-        }
+        let differs = unconditional
+            .iter()
+            .zip(at(Some(0)))
+            .any(|(a, b)| (a - b).abs() > 1e-4);
+        assert!(differs, "label 0 gives the null label's output");
+        // Without labels the class-conditional U-Net refuses to run (as diffusers' does).
+        let Model::Unet(unet) = &model else {
+            panic!("a U-Net")
+        };
+        let image = x.clone().reshape([2, 3, 16, 16]);
+        let refused = unet.check(&image, &t, &Conditioning::default());
+        assert!(refused.unwrap_err().to_string().contains("class-conditional"));
         cfg.model.class_conditional = Some(false);
         let plain = model_config(&cfg, [3, 16, 16], 1, 3, false)
             .unwrap()
             .init(&device);
         assert_eq!(null_class(&plain), None);
+        // A preset's own class table (ADM ImageNet's 1000 classes) is not kept: its rows
+        // would not be this data set's classes, nor its last row a trained null label.
+        cfg.model.preset = "adm-imagenet64".into();
+        for (conditional, table) in [(false, None), (true, Some(4))] {
+            cfg.model.class_conditional = Some(conditional);
+            let ModelConfig::Unet(u) = model_config(&cfg, [3, 16, 16], 1, 3, false).unwrap() else {
+                panic!("adm-imagenet64 is a U-Net")
+            };
+            assert_eq!(u.num_class_embeds, table);
+        }
     }
 }

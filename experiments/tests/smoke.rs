@@ -286,8 +286,10 @@ fn cifar_flow_smoke_runs_the_whole_pipeline() {
 #[test]
 fn image_experiments_check_their_configuration_before_training() {
     let out = std::env::temp_dir().join(format!("shapes-bad-{}", std::process::id()));
-    for (args, message) in [
+    let shapes = env!("CARGO_BIN_EXE_shapes");
+    for (bin, args, message) in [
         (
+            shapes,
             vec![
                 "--set",
                 "diffusion.loss=\"simple\"",
@@ -297,28 +299,37 @@ fn image_experiments_check_their_configuration_before_training() {
             "expected ddpm or ddim",
         ),
         (
+            shapes,
             vec!["--set", "diffusion.schedule=sigmoid"],
             "expected linear or cosine",
         ),
         (
+            shapes,
             vec!["--set", "data.name=imagenet"],
             "expected cifar10, shapes or folder",
         ),
-        (vec!["--set", "model.attention=[true]"], "one entry per level"),
         (
+            shapes,
+            vec!["--set", "model.attention=[true]"],
+            "one entry per level",
+        ),
+        (
+            shapes,
             vec!["--set", "diffusion.weighting=\"min-snr\""],
             "expected uniform, snr, min-snr-γ",
         ),
         (
-            vec![
-                "--set",
-                "model.class_conditional=true",
-                "--set",
-                "model.class_dropout=1.5",
-            ],
-            "must lie in [0, 1)",
+            shapes,
+            vec!["--set", "model.class_dropout=0.0"],
+            "must lie in (0, 1)",
         ),
         (
+            shapes,
+            vec!["--set", "sample.guidance_scale=-1.0"],
+            "must be finite and ≥ 0",
+        ),
+        (
+            shapes,
             vec![
                 "--set",
                 "model.preset=\"dit-s-2\"",
@@ -328,25 +339,18 @@ fn image_experiments_check_their_configuration_before_training() {
             "is a class-conditional DiT",
         ),
         (
+            env!("CARGO_BIN_EXE_cifar-flow"),
             vec![
-                "--cifar-flow",
                 "--set",
                 "reflow.rounds=1",
                 "--set",
                 "model.class_conditional=true",
             ],
-            "does not support class-conditional",
+            "needs an unconditional flow",
         ),
     ] {
-        // `--cifar-flow` (not an option): the case is cifar-flow's, whose config has [reflow].
-        let flow = args.first() == Some(&"--cifar-flow");
         let mut all = vec!["--smoke", "--out", out.to_str().unwrap()];
-        all.extend(args.into_iter().skip(flow as usize));
-        let bin = if flow {
-            env!("CARGO_BIN_EXE_cifar-flow")
-        } else {
-            env!("CARGO_BIN_EXE_shapes")
-        };
+        all.extend(args);
         let result = run(bin, &all);
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert!(!result.status.success(), "{all:?} succeeded");

@@ -170,7 +170,8 @@ pub(crate) struct SampleArgs {
     /// Also write the samples as a PNG grid (image models).
     #[arg(long)]
     grid: Option<PathBuf>,
-    /// The class of every sample (class-conditional models; DiT defaults to its null class).
+    /// The class of every sample (class-conditional models: a U-Net needs one, the last row
+    /// of our experiments' U-Nets is the null label; a DiT defaults to its null class).
     #[arg(long)]
     class_label: Option<i64>,
     /// What a model folder's network predicts when no scheduler config says: epsilon, v or sample.

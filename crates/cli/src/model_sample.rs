@@ -34,13 +34,39 @@ fn load_error(e: impl std::fmt::Display) -> CliError {
     CliError::Input(e.to_string())
 }
 
+/// `--class-label` against the model's class table: a class-conditional U-Net needs one of
+/// its rows (our experiments' exported U-Nets keep the null label in the last row), a DiT
+/// takes a class or its null class (the default), other models take none.
+fn check_class_label(config: &ModelConfig, label: Option<i64>) -> Result<()> {
+    let (rows, required) = match config {
+        ModelConfig::Unet(c) => (c.num_class_embeds, true),
+        ModelConfig::Dit(c) => (Some(c.num_classes + 1), false),
+        ModelConfig::Mlp(_) => (None, false),
+    };
+    match (rows, label) {
+        (None, Some(_)) => Err(CliError::Usage(
+            "--class-label: this model is not class-conditional".into(),
+        )),
+        (Some(n), None) if required => Err(CliError::Usage(format!(
+            "this U-Net is class-conditional: give --class-label K, 0 ≤ K < {n} (the last row \
+             is the null label of models trained with classifier-free guidance)"
+        ))),
+        (Some(n), Some(k)) if !(0..n as i64).contains(&k) => Err(CliError::Usage(format!(
+            "--class-label {k}: the model has labels 0 … {}",
+            n - 1
+        ))),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn sample(args: &SampleArgs, dir: &Path) -> Result<()> {
     if args.dtype == Some(Precision::F64) {
         return Err(CliError::Usage("models run in f32: drop --dtype f64".into()));
     }
     let (model_dir, pipeline_scheduler) = resolve(dir);
     let device = args.backend.open_with(Precision::F32)?;
-    let LoadedModel { model, .. } = load_folder(&model_dir, &device).map_err(load_error)?;
+    let LoadedModel { model, config } = load_folder(&model_dir, &device).map_err(load_error)?;
+    check_class_label(&config, args.class_label)?;
     let shape = model.sample_shape();
     let features: usize = shape.iter().product();
     let range = match (&args.seeds, args.num_samples) {

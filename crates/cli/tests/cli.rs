@@ -669,6 +669,48 @@ fn sampling_a_diffusers_model_folder_matches_the_pipeline() {
     }
 }
 
+/// A class-conditional U-Net (diffusers' ADM-style fixture, 10 classes) samples only with a
+/// label it has; an unconditional one takes none.
+#[test]
+fn class_labels_are_checked_against_the_model() {
+    let dir = Dir::new("labels");
+    let out = dir.path("x.npy");
+    let sample = |model: &str, label: Option<&str>| {
+        let model = fixtures().join("backbones").join(model);
+        let mut args = vec![
+            "sample",
+            "--model",
+            model.to_str().unwrap(),
+            "--sampler",
+            "ddpm",
+            "--steps",
+            "2",
+            "--num-samples",
+            "2",
+            "--out",
+            &out,
+        ];
+        if let Some(k) = label {
+            args.extend(["--class-label", k]);
+        }
+        run(&args)
+    };
+    for (model, label, message) in [
+        ("unet_adm", None, "give --class-label K, 0 ≤ K < 10"),
+        ("unet_adm", Some("10"), "the model has labels 0 … 9"),
+        ("unet_ddpm", Some("0"), "not class-conditional"),
+    ] {
+        let r = sample(model, label);
+        assert_eq!(r.status.code(), Some(2), "{model} {label:?}");
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(stderr.contains(message), "{model} {label:?}: {stderr}");
+        assert!(!Path::new(&out).exists());
+    }
+    let r = sample("unet_adm", Some("3"));
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(NpyArray::read(&out).unwrap().shape, vec![2, 768]);
+}
+
 #[test]
 fn sharded_sampling_reproduces_the_whole_run() {
     let dir = Dir::new("shards");

@@ -380,10 +380,26 @@ impl UNet {
                 "this U-Net attends to a context: pass Conditioning::context".into(),
             ));
         }
-        if cond.class_labels.is_some() && self.class_embedding.is_none() {
-            return Err(InputError(
-                "class labels given to a U-Net without a class embedding".into(),
-            ));
+        match (&cond.class_labels, &self.class_embedding) {
+            (Some(_), None) => {
+                return Err(InputError(
+                    "class labels given to a U-Net without a class embedding".into(),
+                ));
+            }
+            // As diffusers: a class-conditional U-Net needs its labels.
+            (None, Some(table)) => {
+                return Err(InputError(format!(
+                    "this U-Net is class-conditional ({} labels): pass Conditioning::class_labels",
+                    table.weight.dims()[0]
+                )));
+            }
+            (Some(labels), Some(_)) if labels.dims()[0] != b => {
+                return Err(InputError(format!(
+                    "{} class labels for a batch of {b}",
+                    labels.dims()[0]
+                )));
+            }
+            _ => {}
         }
         Ok(())
     }
