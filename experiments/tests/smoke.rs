@@ -201,6 +201,9 @@ fn image_smoke(bin: &str, name: &str, ddpm: bool, bpd: bool) {
     assert_eq!(out.join("model/scheduler_config.json").exists(), ddpm, "{name}");
     let metrics = metrics_of(&out);
     assert_eq!(metrics["steps"], 4);
+    // Only class-conditional models (here the DiT and shapes) sample with guidance.
+    let guided = matches!(name, "cifar-dit" | "shapes");
+    assert_eq!(metrics["guidance_scale"].is_null(), !guided, "{metrics}");
     assert_eq!(metrics["num_samples"], 6);
     if bpd {
         assert!(metrics["bits_per_dim"].as_f64().unwrap() > 0.0, "{metrics}");
@@ -249,6 +252,8 @@ fn shapes_trains_a_class_conditional_unet_and_guides_it() {
         );
         let model = std::fs::read_to_string(out.join("model/model.json")).unwrap();
         assert!(model.contains("\"num_class_embeds\": 4"), "{model}");
+        let scale: f64 = scale.parse().unwrap();
+        assert_eq!(metrics_of(&out)["guidance_scale"], scale);
         let drawn = std::fs::read(out.join("samples.npy")).unwrap();
         std::fs::remove_dir_all(&out).unwrap();
         drawn
