@@ -292,70 +292,48 @@ fn cifar_flow_smoke_runs_the_whole_pipeline() {
 fn image_experiments_check_their_configuration_before_training() {
     let out = std::env::temp_dir().join(format!("shapes-bad-{}", std::process::id()));
     let shapes = env!("CARGO_BIN_EXE_shapes");
-    for (bin, args, message) in [
+    // (binary, --set overrides, what the error says)
+    for (bin, sets, message) in [
         (
             shapes,
-            vec![
-                "--set",
-                "diffusion.loss=\"simple\"",
-                "--set",
-                "sample.sampler=euler",
-            ],
+            vec!["diffusion.loss=\"simple\"", "sample.sampler=euler"],
             "expected ddpm or ddim",
         ),
         (
             shapes,
-            vec!["--set", "diffusion.schedule=sigmoid"],
+            vec!["diffusion.schedule=sigmoid"],
             "expected linear or cosine",
         ),
         (
             shapes,
-            vec!["--set", "data.name=imagenet"],
+            vec!["data.name=imagenet"],
             "expected cifar10, shapes or folder",
         ),
+        (shapes, vec!["model.attention=[true]"], "one entry per level"),
         (
             shapes,
-            vec!["--set", "model.attention=[true]"],
-            "one entry per level",
-        ),
-        (
-            shapes,
-            vec!["--set", "diffusion.weighting=\"min-snr\""],
+            vec!["diffusion.weighting=\"min-snr\""],
             "expected uniform, snr, min-snr-γ",
         ),
+        (shapes, vec!["model.class_dropout=0.0"], "must lie in (0, 1)"),
         (
             shapes,
-            vec!["--set", "model.class_dropout=0.0"],
-            "must lie in (0, 1)",
-        ),
-        (
-            shapes,
-            vec!["--set", "sample.guidance_scale=-1.0"],
+            vec!["sample.guidance_scale=-1.0"],
             "must be finite and ≥ 0",
         ),
         (
             shapes,
-            vec![
-                "--set",
-                "model.preset=\"dit-s-2\"",
-                "--set",
-                "model.class_conditional=false",
-            ],
+            vec!["model.preset=\"dit-s-2\"", "model.class_conditional=false"],
             "is a class-conditional DiT",
         ),
         (
             env!("CARGO_BIN_EXE_cifar-flow"),
-            vec![
-                "--set",
-                "reflow.rounds=1",
-                "--set",
-                "model.class_conditional=true",
-            ],
+            vec!["reflow.rounds=1", "model.class_conditional=true"],
             "needs an unconditional flow",
         ),
     ] {
         let mut all = vec!["--smoke", "--out", out.to_str().unwrap()];
-        all.extend(args);
+        all.extend(sets.iter().flat_map(|s| ["--set", s]));
         let result = run(bin, &all);
         let stderr = String::from_utf8_lossy(&result.stderr);
         assert!(!result.status.success(), "{all:?} succeeded");

@@ -669,6 +669,22 @@ fn sampling_a_diffusers_model_folder_matches_the_pipeline() {
     }
 }
 
+/// `diffusion sample --model MODEL --sampler ddpm --steps STEPS --out OUT`.
+fn ddpm_sample<'a>(model: &'a Path, steps: &'a str, out: &'a str) -> Vec<&'a str> {
+    let model = model.to_str().unwrap();
+    vec![
+        "sample",
+        "--model",
+        model,
+        "--sampler",
+        "ddpm",
+        "--steps",
+        steps,
+        "--out",
+        out,
+    ]
+}
+
 /// A class-conditional U-Net (diffusers' ADM-style fixture, 10 classes) samples only with a
 /// label it has; an unconditional one takes none.
 #[test]
@@ -677,19 +693,8 @@ fn class_labels_are_checked_against_the_model() {
     let out = dir.path("x.npy");
     let sample = |model: &str, label: Option<&str>| {
         let model = fixtures().join("backbones").join(model);
-        let mut args = vec![
-            "sample",
-            "--model",
-            model.to_str().unwrap(),
-            "--sampler",
-            "ddpm",
-            "--steps",
-            "2",
-            "--num-samples",
-            "2",
-            "--out",
-            &out,
-        ];
+        let mut args = ddpm_sample(&model, "2", &out);
+        args.extend(["--num-samples", "2"]);
         if let Some(k) = label {
             args.extend(["--class-label", k]);
         }
@@ -716,19 +721,8 @@ fn sharded_sampling_reproduces_the_whole_run() {
     let dir = Dir::new("shards");
     let model = fixtures().join("backbones/unet_ddpm");
     let sample = |seeds: &str, shard: Option<&str>, out: &str| {
-        let mut args = vec![
-            "sample",
-            "--model",
-            model.to_str().unwrap(),
-            "--sampler",
-            "ddpm",
-            "--steps",
-            "4",
-            "--seeds",
-            seeds,
-            "--out",
-            out,
-        ];
+        let mut args = ddpm_sample(&model, "4", out);
+        args.extend(["--seeds", seeds]);
         if let Some(s) = shard {
             args.extend(["--shard", s]);
         }
