@@ -7,8 +7,9 @@
 //!
 //! Every random draw of step k is a function of (seed, k): batch order and flips (the
 //! loader), timesteps, noise and a class-conditional model's label dropout (per-sample streams
-//! indexed by the sample's position in the training stream). So `--resume RUN_DIR` continues exactly, and a run with `--smoke` runs
-//! the whole pipeline on small generated data in the real file format in seconds.
+//! indexed by the sample's position in the training stream). So `--resume RUN_DIR` continues
+//! exactly, and a run with `--smoke` runs the whole pipeline on small generated data in the
+//! real file format in seconds.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -495,42 +496,29 @@ pub(crate) fn draw_from(
     let device = x.device();
     let sampler = family.sampler(&cfg.sample.sampler, steps, cfg.sample.eta, cfg.eval.ode_tolerance)?;
     let mut noise = SampleNoise::range(cfg.seed ^ 0x5a3b_1e00, range.clone());
-    let out = match null_class(model) {
-        // A class-conditional model draws sample i of class i mod C, with classifier-free
-        // guidance.
+    // A class-conditional model draws sample i of class i mod C, with classifier-free guidance
+    // (w = 1: the conditional model alone, without the unconditional half).
+    let net: Box<dyn Fn(Tensor<2>, Tensor<1>) -> Tensor<2> + '_> = match null_class(model) {
         Some(null) => {
             let labels: Vec<i64> = range.map(|i| (i % null as u64) as i64).collect();
             let n = labels.len();
             let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, [n]), &device);
-            let conditional = |x: Tensor<2>, t: Tensor<1>, l: Tensor<1, Int>| {
-                model.forward_flat(
-                    x,
-                    t,
-                    &Conditioning {
-                        class_labels: Some(l),
-                        context: None,
-                    },
-                )
+            let conditional = move |x: Tensor<2>, t: Tensor<1>, l: Tensor<1, Int>| {
+                let cond = Conditioning {
+                    class_labels: Some(l),
+                    context: None,
+                };
+                model.forward_flat(x, t, &cond)
             };
-            let scale = cfg.sample.guidance_scale.unwrap_or(1.0);
-            if scale == 1.0 {
-                // w = 1 is the conditional model: no unconditional half to evaluate.
-                let net = |x: Tensor<2>, t: Tensor<1>| conditional(x, t, labels.clone());
-                let denoiser = family.denoiser(&net);
-                sampler.sample(denoiser.as_ref(), x, &mut noise)
-            } else {
-                let guided = batched_cfg(conditional, labels, null, scale, features);
-                let denoiser = family.denoiser(&guided);
-                sampler.sample(denoiser.as_ref(), x, &mut noise)
+            match cfg.sample.guidance_scale.unwrap_or(1.0) {
+                1.0 => Box::new(move |x, t| conditional(x, t, labels.clone())),
+                scale => Box::new(batched_cfg(conditional, labels, null, scale, features)),
             }
         }
-        None => {
-            let net = unconditional(model);
-            let denoiser = family.denoiser(&net);
-            sampler.sample(denoiser.as_ref(), x, &mut noise)
-        }
-    }
-    .map_err(fail)?;
+        None => Box::new(unconditional(model)),
+    };
+    let denoiser = family.denoiser(&net);
+    let out = sampler.sample(denoiser.as_ref(), x, &mut noise).map_err(fail)?;
     Ok(out.x)
 }
 
