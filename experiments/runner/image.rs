@@ -809,24 +809,28 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
     crate::reflow::validate(cfg.reflow.as_ref(), &family, tolerance)?;
     let classes = train_set.num_classes();
     let model_cfg = model_config(&cfg, shape, family.output_factor(), classes, smoke)?;
-    let class_dropout = match &model_cfg {
-        ModelConfig::Dit(d) => Some(d.class_dropout_prob),
-        ModelConfig::Unet(u) if u.num_class_embeds.is_some() => Some(cfg.model.class_dropout.unwrap_or(0.1)),
-        _ => None,
-    };
-    if class_dropout.is_some() && cfg.reflow.as_ref().is_some_and(|r| r.rounds > 0) {
+    let ad = device.clone().autodiff();
+    let model = model_cfg.init(&ad);
+    // A class-conditional model's label dropout: (probability, its null label), the null label
+    // being the one sampling and the likelihoods use.
+    let label_dropout = null_class(&model).map(|null| {
+        let p = match &model_cfg {
+            ModelConfig::Dit(d) => d.class_dropout_prob,
+            _ => cfg.model.class_dropout.unwrap_or(0.1),
+        };
+        (p, null)
+    });
+    if label_dropout.is_some() && cfg.reflow.as_ref().is_some_and(|r| r.rounds > 0) {
         return Err(RunError::Config(
             "reflow.rounds > 0 needs an unconditional flow: set model.class_conditional = false \
              or reflow.rounds = 0 (a DiT is always class-conditional)"
                 .into(),
         ));
     }
-    let ad = device.clone().autodiff();
-    let model = model_cfg.init(&ad);
     run.say(format!(
         "{}{} with {} parameters",
         cfg.model.preset,
-        if class_dropout.is_some() {
+        if label_dropout.is_some() {
             format!(", conditioned on {classes} classes")
         } else {
             String::new()
@@ -914,11 +918,11 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         let positions = shard.first..shard.first + per as u64;
         // A class-conditional model sees each label, or the null label with the dropout
         // probability (a uniform per example of the training stream).
-        let cond = match class_dropout {
-            Some(p) => {
+        let cond = match label_dropout {
+            Some((p, null)) => {
                 let labels: Vec<i64> = shard.labels.iter().map(|&l| l as i64).collect();
                 let u = SampleNoise::range(cfg.seed ^ 0xc1a5, positions.clone()).uniform(1);
-                let kept = drop_labels(&labels, &u, p, classes as i64);
+                let kept = drop_labels(&labels, &u, p, null);
                 Conditioning {
                     class_labels: Some(Tensor::from_data(TensorData::new(kept, [per]), ad)),
                     context: None,
@@ -1057,7 +1061,7 @@ pub fn run_image(name: &str, default_config: &str, args: &ImageArgs) -> Result<(
         train_seconds,
         sampler: cfg.sample.sampler.clone(),
         sample_steps: cfg.sample.steps,
-        guidance_scale: class_dropout.map(|_| cfg.sample.guidance_scale.unwrap_or(1.0)),
+        guidance_scale: label_dropout.map(|_| cfg.sample.guidance_scale.unwrap_or(1.0)),
         num_samples: n,
         sample_seconds,
         fid,
