@@ -10,6 +10,7 @@ mod foundation;
 mod guidance;
 mod inpainting;
 mod kdiffusion_reference;
+mod kernels;
 mod metrics;
 mod ode;
 mod oracle;

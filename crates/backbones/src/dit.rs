@@ -14,8 +14,8 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, Linear, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use diffusion_kernels::{conv2d, silu};
 use serde::{Deserialize, Serialize};
 
 use crate::attention::Attention;
@@ -410,7 +410,7 @@ impl DiT {
         );
         let s = self.shape;
         let (g, d, p) = (s.grid, s.hidden, s.patch);
-        let tokens = self.patch_embed.forward(x);
+        let tokens = conv2d(&self.patch_embed, x);
         let b = tokens.dims()[0];
         let mut h = tokens.reshape([b, d, g * g]).swap_dims(1, 2);
         let pos = Tensor::<2>::from_data(

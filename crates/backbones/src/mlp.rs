@@ -14,8 +14,9 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear};
-use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
+use diffusion_kernels::silu;
 
 use crate::embedding::{SinusoidalOptions, sinusoidal_embedding};
 use crate::init::SeededInit;

@@ -11,8 +11,8 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, GroupNorm, Linear, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
+use diffusion_kernels::{conv2d, silu};
 
 use crate::init::SeededInit;
 use crate::ops::{avg_pool2x, group_norm, upsample_nearest2x};
@@ -114,7 +114,7 @@ impl ResnetBlock {
         };
         let h = resample(silu(self.norm1.forward(x.clone())));
         let x = resample(x);
-        let h = self.conv1.forward(h);
+        let h = conv2d(&self.conv1, h);
         let [b, c, _, _] = h.dims();
         let t = self.time_emb_proj.forward(silu(emb.clone()));
         let h = if self.scale_shift {
@@ -124,9 +124,9 @@ impl ResnetBlock {
         } else {
             self.norm2.forward(h + t.reshape([b, c, 1, 1]))
         };
-        let h = self.conv2.forward(self.dropout.forward(silu(h)));
+        let h = conv2d(&self.conv2, self.dropout.forward(silu(h)));
         let skip = match &self.conv_shortcut {
-            Some(conv) => conv.forward(x),
+            Some(conv) => conv2d(conv, x),
             None => x,
         };
         skip + h

@@ -5,8 +5,8 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, GroupNorm, Linear, PaddingConfig2d};
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Int, Tensor};
+use diffusion_kernels::{conv2d, silu};
 
 use super::config::{DownBlockKind, Resampling, UNetConfig, UpBlockKind};
 use crate::attention::{Attention, SpatialSelfAttention};
@@ -62,8 +62,8 @@ impl Resampler {
     fn forward(&self, x: Tensor<4>, emb: &Tensor<2>, up: bool) -> Tensor<4> {
         match (&self.conv, &self.resnet) {
             (_, Some(block)) => block.forward(x, emb),
-            (Some(conv), None) if up => conv.forward(upsample_nearest2x(x)),
-            (Some(conv), None) => conv.forward(x),
+            (Some(conv), None) if up => conv2d(conv, upsample_nearest2x(x)),
+            (Some(conv), None) => conv2d(conv, x),
             (None, None) => x,
         }
     }
@@ -412,7 +412,7 @@ impl UNet {
         }
         let emb = self.embed(t, cond.class_labels.as_ref());
         let ctx = cond.context.as_ref();
-        let mut h = self.conv_in.forward(x);
+        let mut h = conv2d(&self.conv_in, x);
         let mut skips = vec![h.clone()];
         for level in &self.down_blocks {
             for (j, resnet) in level.resnets.iter().enumerate() {
@@ -444,6 +444,6 @@ impl UNet {
                 h = up.forward(h, &emb, true);
             }
         }
-        self.conv_out.forward(silu(self.conv_norm_out.forward(h)))
+        conv2d(&self.conv_out, silu(self.conv_norm_out.forward(h)))
     }
 }

@@ -1,0 +1,194 @@
+//! The kernels as a burn backend extension: computed on flex, differentiated on autodiff.
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::backend::ops::{ActivationOps, ConvOptions, FloatTensorOps, ModuleOps};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
+use burn::tensor::TensorData;
+use burn_flex::FlexTensor;
+
+use crate::patches::Patches;
+use crate::{conv, silu};
+
+/// The operations that the flex backend runs with this crate's kernels. Arguments are f32
+/// tensors (the wrappers in the crate root route nothing else here); the convolution takes
+/// `[B, C_in, H, W]` inputs and `[C_out, C_in, k_h, k_w]` weights, one group, dilation 1.
+#[backend_extension(Flex, Autodiff)]
+pub trait CpuKernels: Backend {
+    /// conv(x, w) without bias: `[B, C_out, H_out, W_out]`.
+    fn patch_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, patches: Patches) -> FloatTensor<Self>;
+    /// ∂x of the convolution from ∂y.
+    fn patch_conv2d_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        patches: Patches,
+    ) -> FloatTensor<Self>;
+    /// ∂w of the convolution from ∂y.
+    fn patch_conv2d_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        patches: Patches,
+    ) -> FloatTensor<Self>;
+    /// x · σ(x).
+    fn silu(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// grad · σ(x) (1 + x (1 − σ(x))): the gradient of `silu` at x.
+    fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+}
+
+fn from_vec(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// Runs `f` on the contiguous f32 values of `x`.
+fn with_f32<R>(x: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
+    let x = x.to_contiguous();
+    f(x.as_slice::<f32>()
+        .expect("the CPU kernels take f32 tensors only"))
+}
+
+fn out_channels(weight: &FlexTensor) -> usize {
+    weight.layout().shape()[0]
+}
+
+impl CpuKernels for Flex {
+    fn patch_conv2d(x: FlexTensor, weight: FlexTensor, p: Patches) -> FlexTensor {
+        let c_out = out_channels(&weight);
+        let y = with_f32(&x, |x| with_f32(&weight, |w| conv::conv2d(x, w, &p, c_out)));
+        from_vec(y, vec![p.batch, c_out, p.output[0], p.output[1]])
+    }
+
+    fn patch_conv2d_input_grad(
+        _: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        p: Patches,
+    ) -> FlexTensor {
+        let c_out = out_channels(&weight);
+        let dx = with_f32(&weight, |w| {
+            with_f32(&grad, |g| conv::conv2d_input_grad(w, g, &p, c_out))
+        });
+        from_vec(dx, vec![p.batch, p.channels, p.input[0], p.input[1]])
+    }
+
+    fn patch_conv2d_weight_grad(
+        x: FlexTensor,
+        weight: FlexTensor,
+        grad: FlexTensor,
+        p: Patches,
+    ) -> FlexTensor {
+        let shape = weight.layout().shape().to_vec();
+        let dw = with_f32(&x, |x| {
+            with_f32(&grad, |g| conv::conv2d_weight_grad(x, g, &p, shape[0]))
+        });
+        from_vec(dw, shape)
+    }
+
+    fn silu(x: FlexTensor) -> FlexTensor {
+        let shape = x.layout().shape().to_vec();
+        from_vec(with_f32(&x, silu::silu), shape)
+    }
+
+    fn silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let shape = x.layout().shape().to_vec();
+        from_vec(
+            with_f32(&x, |x| with_f32(&grad, |g| silu::silu_backward(x, g))),
+            shape,
+        )
+    }
+}
+
+/// burn's options for the same convolution (for the differentiable fallbacks below).
+fn options(p: &Patches, kernel: [usize; 2]) -> ConvOptions<2> {
+    let end = |axis: usize| {
+        let span = (p.output[axis] - 1) * p.stride[axis] + kernel[axis];
+        span.saturating_sub(p.input[axis] + p.pad_begin[axis])
+    };
+    ConvOptions::new_with_padding(
+        p.stride,
+        [(p.pad_begin[0], end(0)), (p.pad_begin[1], end(1))],
+        [1, 1],
+        1,
+    )
+}
+
+impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
+    fn patch_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, p: Patches) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Conv2d;
+        impl<B: Backend + CpuKernels> Backward<B, 2> for Conv2d {
+            type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive, Patches);
+            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_w] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, w, p) = ops.state;
+                if let Some(node) = node_x {
+                    let dx = B::patch_conv2d_input_grad(x.clone(), w.clone(), grad.clone(), p);
+                    grads.register::<B>(node.id, dx);
+                }
+                if let Some(node) = node_w {
+                    grads.register::<B>(node.id, B::patch_conv2d_weight_grad(x, w, grad, p));
+                }
+            }
+        }
+        let nodes = [x.node(), weight.node()];
+        let (x, w) = (x.into_primitive(), weight.into_primitive());
+        match Conv2d.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((x.clone(), w.clone(), p), B::patch_conv2d(x, w, p)),
+            OpsKind::UnTracked(prep) => prep.finish(B::patch_conv2d(x, w, p)),
+        }
+    }
+
+    /// burn's differentiable convolution gradient (reached only when differentiating a
+    /// gradient, never by a training step).
+    fn patch_conv2d_input_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        p: Patches,
+    ) -> FloatTensor<Self> {
+        let kernel = [weight.shape()[2], weight.shape()[3]];
+        Self::conv2d_x_backward(x, weight, grad, options(&p, kernel))
+    }
+
+    /// As [`CpuKernels::patch_conv2d_input_grad`].
+    fn patch_conv2d_weight_grad(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        p: Patches,
+    ) -> FloatTensor<Self> {
+        let kernel = [weight.shape()[2], weight.shape()[3]];
+        Self::conv2d_weight_backward(x, weight, grad, options(&p, kernel))
+    }
+
+    fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Silu;
+        impl<B: Backend + CpuKernels> Backward<B, 1> for Silu {
+            type State = B::FloatTensorPrimitive;
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let x = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| B::silu_backward(x, grad));
+            }
+        }
+        let node = x.node();
+        let x = x.into_primitive();
+        match Silu.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(x.clone(), B::silu(x)),
+            OpsKind::UnTracked(prep) => prep.finish(B::silu(x)),
+        }
+    }
+
+    /// Composed of differentiable operations, so that second derivatives flow through it.
+    fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        let s = <Self as ActivationOps<Self>>::sigmoid(x.clone());
+        let one_minus_s = Self::float_add_scalar(Self::float_neg(s.clone()), 1.0f64.into());
+        let slope = Self::float_add_scalar(Self::float_mul(x, one_minus_s), 1.0f64.into());
+        Self::float_mul(grad, Self::float_mul(s, slope))
+    }
+}

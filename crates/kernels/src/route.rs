@@ -1,0 +1,48 @@
+//! Which tensors the kernels take: f32 on a flex device, with or without autodiff.
+
+use burn::backend::{Dispatch, DispatchDevice};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::tensor::{DType, Tensor};
+
+use crate::extension::CpuKernels;
+use crate::patches::Patches;
+
+/// An f32 tensor on flex.
+pub fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
+    x.dtype() == DType::F32 && matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
+}
+
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as CpuKernels>::silu(x.into_dispatch()))
+}
+
+/// The convolution through the kernels, or `None` where they do not apply (another backend or
+/// dtype, groups, dilation, padding that depends on the input size): burn's then.
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
+    let weight = conv.weight.val();
+    let plain = conv.groups == 1 && conv.dilation == [1, 1];
+    if !plain || !on_flex(&x) || !on_flex(&weight) {
+        return None;
+    }
+    let [c_out, c_in, kh, kw] = weight.dims();
+    let p = Patches::new(x.dims(), [kh, kw], conv.stride, explicit_padding(&conv.padding)?)?;
+    if p.channels != c_in {
+        return None;
+    }
+    let y = <Dispatch as CpuKernels>::patch_conv2d(x.into_dispatch(), weight.into_dispatch(), p);
+    let y = Tensor::<4>::from_dispatch(y);
+    Some(match &conv.bias {
+        Some(bias) => y + bias.val().reshape([1, c_out, 1, 1]),
+        None => y,
+    })
+}
+
+/// The padding as (top, bottom), (left, right), unless it depends on the input (`Same`).
+fn explicit_padding(padding: &PaddingConfig2d) -> Option<[(usize, usize); 2]> {
+    match padding {
+        PaddingConfig2d::Valid => Some([(0, 0), (0, 0)]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => Some([(*top, *bottom), (*left, *right)]),
+        _ => None,
+    }
+}

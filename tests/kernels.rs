@@ -1,0 +1,112 @@
+//! The CPU kernels of diffusion-kernels against burn's own operations. On flex (f32) they
+//! replace burn's convolution and SiLU in every backbone, so they must give the same values and
+//! the same gradients; on the other backends they are burn's operations.
+
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::tensor::{Distribution, Tensor};
+use diffusion_core::BackendKind;
+
+use diffusion_tests::{assert_close_floor, device, spec};
+
+fn values<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
+    t.to_data().convert::<f64>().try_to_vec::<f64>().unwrap()
+}
+
+/// The convolutions of the backbones: 3×3 same-size (ResNet blocks), 3×3 with stride 2
+/// (downsampling), 1×1 (shortcuts), p×p patches with stride p (DiT), and padding on one side.
+fn convolutions() -> Vec<(Conv2dConfig, [usize; 4])> {
+    let pad = |t, l, b, r| PaddingConfig2d::Explicit(t, l, b, r);
+    vec![
+        (
+            Conv2dConfig::new([5, 7], [3, 3]).with_padding(pad(1, 1, 1, 1)),
+            [3, 5, 9, 8],
+        ),
+        (
+            Conv2dConfig::new([4, 6], [3, 3])
+                .with_padding(pad(1, 1, 1, 1))
+                .with_stride([2, 2]),
+            [2, 4, 9, 8],
+        ),
+        (Conv2dConfig::new([6, 3], [1, 1]).with_bias(false), [2, 6, 5, 5]),
+        (
+            Conv2dConfig::new([3, 4], [2, 2]).with_stride([2, 2]),
+            [5, 3, 8, 8],
+        ),
+        (
+            Conv2dConfig::new([2, 3], [3, 2])
+                .with_padding(pad(0, 2, 1, 0))
+                .with_stride([1, 2]),
+            [1, 2, 6, 7],
+        ),
+    ]
+}
+
+#[test]
+fn the_kernels_take_f32_tensors_on_flex_only() {
+    let on_flex = spec().backend == BackendKind::Flex;
+    for device in [device(), device().autodiff()] {
+        let x = Tensor::<2>::zeros([2, 2], &device);
+        assert_eq!(diffusion_kernels::applies_to(&x), on_flex, "{device:?}");
+    }
+}
+
+#[test]
+fn convolution_values_and_gradients_match_burn() {
+    let ad = device().autodiff();
+    for (config, shape) in convolutions() {
+        let conv: Conv2d = config.init(&ad);
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &ad).require_grad();
+        let reference = conv.forward(x.clone());
+        let ours = diffusion_kernels::conv2d(&conv, x.clone());
+        let what = format!("{shape:?} → {:?}", reference.dims());
+        assert_eq!(ours.dims(), reference.dims(), "{what}");
+        assert_close_floor(
+            &format!("conv {what}"),
+            &values(&ours),
+            &values(&reference),
+            1e-5,
+            1.0,
+        );
+
+        let g = Tensor::<4>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &ad);
+        let ours_grads = (ours * g.clone()).sum().backward();
+        let reference_grads = (reference * g).sum().backward();
+        let grad_pairs = [
+            ("∂x", x.grad(&ours_grads), x.grad(&reference_grads)),
+            (
+                "∂w",
+                conv.weight.grad(&ours_grads),
+                conv.weight.grad(&reference_grads),
+            ),
+        ];
+        for (name, a, b) in grad_pairs {
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert_close_floor(&format!("{name} {what}"), &values(&a), &values(&b), 1e-5, 1.0);
+        }
+        if let Some(bias) = &conv.bias {
+            let (a, b) = (
+                bias.grad(&ours_grads).unwrap(),
+                bias.grad(&reference_grads).unwrap(),
+            );
+            assert_close_floor(&format!("∂b {what}"), &values(&a), &values(&b), 1e-5, 1.0);
+        }
+    }
+}
+
+#[test]
+fn silu_values_and_gradients_match_burn() {
+    let ad = device().autodiff();
+    let points: Vec<f32> = (-400..=400).map(|k| k as f32 * 0.25).collect();
+    let n = points.len();
+    let x = Tensor::<1>::from_floats(points.as_slice(), &ad)
+        .reshape([1, n])
+        .require_grad();
+    let weights = Tensor::<2>::random([1, n], Distribution::Normal(0.0, 1.0), &ad);
+    let ours = diffusion_kernels::silu(x.clone());
+    let reference = burn::tensor::activation::silu(x.clone());
+    assert_close_floor("silu", &values(&ours), &values(&reference), 1e-6, 1e-6);
+    let ours_grad = x.grad(&(ours * weights.clone()).sum().backward()).unwrap();
+    let reference_grad = x.grad(&(reference * weights).sum().backward()).unwrap();
+    assert_close_floor("silu'", &values(&ours_grad), &values(&reference_grad), 1e-5, 1e-6);
+}
