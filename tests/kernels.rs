@@ -1,9 +1,10 @@
 //! The CPU kernels of diffusion-kernels against burn's own operations. On flex (f32) they
-//! replace burn's convolution and SiLU in every backbone, so they must give the same values and
+//! replace burn's convolution, group norm and SiLU in every backbone, so they must give the same values and
 //! the same gradients; on the other backends they are burn's operations.
 
-use burn::nn::PaddingConfig2d;
+use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
 use burn::tensor::{Distribution, Tensor};
 use diffusion_core::BackendKind;
 
@@ -109,4 +110,79 @@ fn silu_values_and_gradients_match_burn() {
     let ours_grad = x.grad(&(ours * weights.clone()).sum().backward()).unwrap();
     let reference_grad = x.grad(&(reference * weights).sum().backward()).unwrap();
     assert_close_floor("silu'", &values(&ours_grad), &values(&reference_grad), 1e-5, 1e-6);
+}
+
+#[test]
+fn group_norm_values_and_gradients_match_burn() {
+    let ad = device().autodiff();
+    // (groups, channels, input shape): the U-Nets' 32 groups, one channel per group, one group,
+    // and a non-image (3-D) input.
+    let cases: [(usize, usize, &[usize]); 4] = [
+        (4, 8, &[3, 8, 5, 6]),
+        (6, 6, &[2, 6, 4, 4]),
+        (1, 5, &[2, 5, 3, 3]),
+        (2, 4, &[3, 4, 7]),
+    ];
+    for (groups, channels, shape) in cases {
+        let norm = GroupNormConfig::new(groups, channels).init(&ad);
+        // Non-trivial affine parameters, so that their gradients are tested too.
+        let gamma = Tensor::<1>::random([channels], Distribution::Normal(1.0, 0.5), &ad);
+        let beta = Tensor::<1>::random([channels], Distribution::Normal(0.0, 0.5), &ad);
+        let norm = GroupNorm {
+            gamma: Some(Param::from_tensor(gamma)),
+            beta: Some(Param::from_tensor(beta)),
+            ..norm
+        };
+        for silu in [false, true] {
+            let what = format!("{groups} groups, {shape:?}, silu {silu}");
+            let (ours, reference) = match shape.len() {
+                4 => compare_norm::<4>(&norm, shape, silu, &ad),
+                _ => compare_norm::<3>(&norm, shape, silu, &ad),
+            };
+            assert_close_floor(&format!("group norm {what}"), &ours[0], &reference[0], 1e-5, 1.0);
+            for (i, name) in ["∂x", "∂γ", "∂β"].iter().enumerate() {
+                assert_close_floor(
+                    &format!("{name} {what}"),
+                    &ours[i + 1],
+                    &reference[i + 1],
+                    1e-4,
+                    1.0,
+                );
+            }
+        }
+    }
+}
+
+/// (values, ∂x, ∂γ, ∂β) of the kernels' group norm (then SiLU) and of burn's.
+fn compare_norm<const D: usize>(
+    norm: &GroupNorm,
+    shape: &[usize],
+    silu: bool,
+    device: &burn::tensor::Device,
+) -> (Vec<Vec<f64>>, Vec<Vec<f64>>) {
+    let shape: [usize; D] = shape.try_into().unwrap();
+    let x = Tensor::<D>::random(shape, Distribution::Normal(0.5, 2.0), device).require_grad();
+    let g = Tensor::<D>::random(shape, Distribution::Normal(0.0, 1.0), device);
+    let run = |y: Tensor<D>| {
+        let grads = (y.clone() * g.clone()).sum().backward();
+        vec![
+            values(&y),
+            values(&x.grad(&grads).unwrap()),
+            values(&norm.gamma.as_ref().unwrap().grad(&grads).unwrap()),
+            values(&norm.beta.as_ref().unwrap().grad(&grads).unwrap()),
+        ]
+    };
+    let (ours, reference) = if silu {
+        let reference = burn::tensor::activation::silu(norm.forward(x.clone()));
+        (
+            run(diffusion_kernels::group_norm_silu(norm, x.clone())),
+            run(reference),
+        )
+    } else {
+        (
+            run(diffusion_kernels::group_norm(norm, x.clone())),
+            run(norm.forward(x.clone())),
+        )
+    };
+    (ours, reference)
 }

@@ -95,7 +95,7 @@ impl SpatialSelfAttention {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
         let normed = match &self.group_norm {
-            Some(norm) => norm.forward(x.clone()),
+            Some(norm) => diffusion_kernels::group_norm(norm, x.clone()),
             None => x.clone(),
         };
         let out = self.attn.forward(to_tokens(normed), None);

@@ -12,7 +12,7 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, GroupNorm, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Tensor};
-use diffusion_kernels::{conv2d, silu};
+use diffusion_kernels::{self as kernels, conv2d, group_norm_silu, silu};
 
 use crate::init::SeededInit;
 use crate::ops::{avg_pool2x, group_norm, upsample_nearest2x};
@@ -112,7 +112,7 @@ impl ResnetBlock {
             Resample::Up => upsample_nearest2x(t),
             Resample::Down => avg_pool2x(t),
         };
-        let h = resample(silu(self.norm1.forward(x.clone())));
+        let h = resample(group_norm_silu(&self.norm1, x.clone()));
         let x = resample(x);
         let h = conv2d(&self.conv1, h);
         let [b, c, _, _] = h.dims();
@@ -120,11 +120,11 @@ impl ResnetBlock {
         let h = if self.scale_shift {
             let scale = t.clone().slice([0..b, 0..c]).reshape([b, c, 1, 1]);
             let shift = t.slice([0..b, c..2 * c]).reshape([b, c, 1, 1]);
-            self.norm2.forward(h) * scale.add_scalar(1.0) + shift
+            silu(kernels::group_norm(&self.norm2, h) * scale.add_scalar(1.0) + shift)
         } else {
-            self.norm2.forward(h + t.reshape([b, c, 1, 1]))
+            group_norm_silu(&self.norm2, h + t.reshape([b, c, 1, 1]))
         };
-        let h = conv2d(&self.conv2, self.dropout.forward(silu(h)));
+        let h = conv2d(&self.conv2, self.dropout.forward(h));
         let skip = match &self.conv_shortcut {
             Some(conv) => conv2d(conv, x),
             None => x,

@@ -11,7 +11,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
-use diffusion_kernels::conv2d;
+use diffusion_kernels::{self as kernels, conv2d};
 
 use crate::attention::Attention;
 use crate::init::SeededInit;
@@ -120,7 +120,7 @@ impl SpatialTransformer {
     /// `x` `[B, C, H, W]` attending to `context` `[B, L, C_ctx]`.
     pub fn forward(&self, x: Tensor<4>, context: &Tensor<3>) -> Tensor<4> {
         let [_, _, h, w] = x.dims();
-        let mut t = to_tokens(conv2d(&self.proj_in, self.norm.forward(x.clone())));
+        let mut t = to_tokens(conv2d(&self.proj_in, kernels::group_norm(&self.norm, x.clone())));
         for block in &self.transformer_blocks {
             t = t.clone() + block.attn1.forward(block.norm1.forward(t), None);
             t = t.clone() + block.attn2.forward(block.norm2.forward(t), Some(context.clone()));

@@ -7,9 +7,10 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::ops::{ActivationOps, ConvOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
-use burn::tensor::TensorData;
+use burn::tensor::{Shape, TensorData};
 use burn_flex::FlexTensor;
 
+use crate::norm::{self, GroupNormSpec, Layout};
 use crate::patches::Patches;
 use crate::{conv, silu};
 
@@ -38,6 +39,21 @@ pub trait CpuKernels: Backend {
     fn silu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// grad · σ(x) (1 + x (1 − σ(x))): the gradient of `silu` at x.
     fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// Group norm of `[B, C, ...]` with affine parameters `[C]`, SiLU after it if `spec.silu`.
+    fn group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        spec: GroupNormSpec,
+    ) -> FloatTensor<Self>;
+    /// (∂x, ∂γ, ∂β) of `group_norm` from ∂y.
+    fn group_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        spec: GroupNormSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
 fn from_vec(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
@@ -49,6 +65,16 @@ fn with_f32<R>(x: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
     let x = x.to_contiguous();
     f(x.as_slice::<f32>()
         .expect("the CPU kernels take f32 tensors only"))
+}
+
+/// Images, channels and positions per channel of a `[B, C, ...]` tensor.
+fn layout(x: &FlexTensor) -> Layout {
+    let shape = x.layout().shape();
+    Layout {
+        batch: shape[0],
+        channels: shape[1],
+        positions: shape[2..].iter().product(),
+    }
 }
 
 fn out_channels(weight: &FlexTensor) -> usize {
@@ -98,6 +124,39 @@ impl CpuKernels for Flex {
         from_vec(
             with_f32(&x, |x| with_f32(&grad, |g| silu::silu_backward(x, g))),
             shape,
+        )
+    }
+
+    fn group_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, spec: GroupNormSpec) -> FlexTensor {
+        let (l, shape) = (layout(&x), x.layout().shape().to_vec());
+        let y = with_f32(&x, |x| {
+            with_f32(&gamma, |g| {
+                with_f32(&beta, |b| norm::group_norm(x, g, b, l, spec))
+            })
+        });
+        from_vec(y, shape)
+    }
+
+    fn group_norm_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        grad: FlexTensor,
+        spec: GroupNormSpec,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (l, shape) = (layout(&x), x.layout().shape().to_vec());
+        let (dx, dgamma, dbeta) = with_f32(&x, |x| {
+            with_f32(&gamma, |g| {
+                with_f32(&beta, |b| {
+                    with_f32(&grad, |dy| norm::group_norm_backward(x, g, b, dy, l, spec))
+                })
+            })
+        });
+        let channels = vec![l.channels];
+        (
+            from_vec(dx, shape),
+            from_vec(dgamma, channels.clone()),
+            from_vec(dbeta, channels),
         )
     }
 }
@@ -184,11 +243,91 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         }
     }
 
+    fn group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        spec: GroupNormSpec,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct GroupNorm;
+        impl<B: Backend + CpuKernels> Backward<B, 3> for GroupNorm {
+            type State = ([B::FloatTensorPrimitive; 3], GroupNormSpec);
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let ([x, gamma, beta], spec) = ops.state;
+                let (dx, dgamma, dbeta) = B::group_norm_backward(x, gamma, beta, grad, spec);
+                for (node, grad) in ops.parents.into_iter().zip([dx, dgamma, dbeta]) {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+        let nodes = [x.node(), gamma.node(), beta.node()];
+        let inputs = [x.into_primitive(), gamma.into_primitive(), beta.into_primitive()];
+        let run = |[x, gamma, beta]: [B::FloatTensorPrimitive; 3]| B::group_norm(x, gamma, beta, spec);
+        match GroupNorm.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((inputs.clone(), spec), run(inputs)),
+            OpsKind::UnTracked(prep) => prep.finish(run(inputs)),
+        }
+    }
+
+    /// The formula of [`norm`](crate::norm) composed of differentiable operations, so that
+    /// second derivatives flow through it (reached only when differentiating a gradient).
+    fn group_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        spec: GroupNormSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let shape = x.shape();
+        let (b, c, g) = (shape[0], shape[1], spec.groups);
+        let s: usize = shape.iter().skip(2).product();
+        let m = c / g * s;
+        let per_group = |t| Self::float_reshape(t, Shape::new([b, g, m]));
+        let per_channel = |t| Self::float_reshape(t, Shape::new([b, c, s]));
+        let channels = |t| Self::float_reshape(t, Shape::new([1, c, 1]));
+        let xg = per_group(x);
+        let centred = Self::float_sub(xg.clone(), Self::float_mean_dim(xg, 2));
+        let var = Self::float_mean_dim(Self::float_mul(centred.clone(), centred.clone()), 2);
+        let rstd = Self::float_recip(Self::float_sqrt(Self::float_add_scalar(var, spec.epsilon.into())));
+        let xhat = per_channel(Self::float_mul(centred, rstd.clone()));
+        let gamma = channels(gamma);
+        let dy = per_channel(grad);
+        let dz = if spec.silu {
+            let z = Self::float_add(Self::float_mul(xhat.clone(), gamma.clone()), channels(beta));
+            Self::float_mul(dy, silu_slope::<Self>(z))
+        } else {
+            dy
+        };
+        let channel_sum =
+            |t| Self::float_reshape(Self::float_sum_dim(Self::float_sum_dim(t, 2), 0), Shape::new([c]));
+        let dbeta = channel_sum(dz.clone());
+        let dgamma = channel_sum(Self::float_mul(dz.clone(), xhat.clone()));
+        let dxhat = per_group(Self::float_mul(dz, gamma));
+        let xhat = per_group(xhat);
+        let m1 = Self::float_mean_dim(dxhat.clone(), 2);
+        let m2 = Self::float_mean_dim(Self::float_mul(dxhat.clone(), xhat.clone()), 2);
+        let inner = Self::float_sub(Self::float_sub(dxhat, m1), Self::float_mul(xhat, m2));
+        (
+            Self::float_reshape(Self::float_mul(inner, rstd), shape),
+            dgamma,
+            dbeta,
+        )
+    }
+
     /// Composed of differentiable operations, so that second derivatives flow through it.
     fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        let s = <Self as ActivationOps<Self>>::sigmoid(x.clone());
-        let one_minus_s = Self::float_add_scalar(Self::float_neg(s.clone()), 1.0f64.into());
-        let slope = Self::float_add_scalar(Self::float_mul(x, one_minus_s), 1.0f64.into());
-        Self::float_mul(grad, Self::float_mul(s, slope))
+        Self::float_mul(grad, silu_slope::<Self>(x))
     }
+}
+
+/// silu'(x) = σ(x) (1 + x (1 − σ(x))) from differentiable operations of `B`.
+fn silu_slope<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let s = <B as ActivationOps<B>>::sigmoid(x.clone());
+    let one_minus_s = B::float_add_scalar(B::float_neg(s.clone()), 1.0f64.into());
+    let slope = B::float_add_scalar(B::float_mul(x, one_minus_s), 1.0f64.into());
+    B::float_mul(s, slope)
 }

@@ -61,6 +61,11 @@ impl Patches {
         self.output[0] * self.output[1]
     }
 
+    /// The kernel offset (i, j) of patch row `r` (rows run over channels, then i, then j).
+    fn offsets(&self, r: usize) -> (usize, usize) {
+        ((r / self.kernel[1]) % self.kernel[0], r % self.kernel[1])
+    }
+
     /// Output positions `o` along one axis whose input position `o·stride + offset − pad` lies
     /// in `0..size`.
     fn valid(&self, axis: usize, offset: usize) -> std::ops::Range<usize> {
@@ -93,10 +98,21 @@ pub fn im2col(image: &[f32], p: &Patches, cols: &mut [f32]) {
     );
     for (r, row) in cols.chunks_mut(n).enumerate() {
         let channel = &image[r / (p.kernel[0] * p.kernel[1]) * plane..][..plane];
-        row.fill(0.0);
+        // Zero what lies outside the image (only the borders, for the usual paddings).
+        let (i, j) = p.offsets(r);
+        let (ys, xs) = (p.valid(0, i), p.valid(1, j));
+        if xs.is_empty() {
+            row.fill(0.0);
+            continue;
+        }
+        row[..ys.start * ow].fill(0.0);
+        row[ys.end * ow..].fill(0.0);
         for_each_segment(p, r, |y_src, x_src, y, xs| {
             let src = &channel[y_src * p.input[1]..][..p.input[1]];
-            gather(&mut row[y * ow..][xs], src, x_src, p.stride[1]);
+            let segment = &mut row[y * ow..][..ow];
+            segment[..xs.start].fill(0.0);
+            segment[xs.end..].fill(0.0);
+            gather(&mut segment[xs], src, x_src, p.stride[1]);
         });
     }
 }
@@ -128,7 +144,7 @@ pub fn col2im(cols: &[f32], p: &Patches, image: &mut [f32]) {
 /// Calls `f(input row, first input column, output row, output columns)` for every output row
 /// of patch row `r` (kernel offset (r / k_w mod k_h, r mod k_w)) that reads inside the image.
 fn for_each_segment(p: &Patches, r: usize, mut f: impl FnMut(usize, usize, usize, std::ops::Range<usize>)) {
-    let (i, j) = ((r / p.kernel[1]) % p.kernel[0], r % p.kernel[1]);
+    let (i, j) = p.offsets(r);
     let xs = p.valid(1, j);
     if xs.is_empty() {
         return;

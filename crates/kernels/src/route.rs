@@ -1,11 +1,12 @@
 //! Which tensors the kernels take: f32 on a flex device, with or without autodiff.
 
 use burn::backend::{Dispatch, DispatchDevice};
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::{DType, Tensor};
 
 use crate::extension::CpuKernels;
+use crate::norm::GroupNormSpec;
 use crate::patches::Patches;
 
 /// An f32 tensor on flex.
@@ -15,6 +16,28 @@ pub fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
 
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as CpuKernels>::silu(x.into_dispatch()))
+}
+
+/// The group norm (then SiLU if `silu`) through the kernels, or `None` where they do not apply
+/// (another backend or dtype, no affine parameters, fewer than three dimensions).
+pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) -> Option<Tensor<D>> {
+    let (gamma, beta) = (norm.gamma.as_ref()?.val(), norm.beta.as_ref()?.val());
+    let fits = D >= 3 && x.dims()[1] == norm.num_channels && norm.num_channels.is_multiple_of(norm.num_groups);
+    if !fits || !on_flex(&x) || !on_flex(&gamma) || !on_flex(&beta) {
+        return None;
+    }
+    let spec = GroupNormSpec {
+        groups: norm.num_groups,
+        epsilon: norm.epsilon,
+        silu,
+    };
+    let y = <Dispatch as CpuKernels>::group_norm(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        spec,
+    );
+    Some(Tensor::from_dispatch(y))
 }
 
 /// The convolution through the kernels, or `None` where they do not apply (another backend or

@@ -14,7 +14,7 @@ pub fn silu(x: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(CHUNK))
         .for_each(|(out, x)| {
             for (o, &x) in out.iter_mut().zip(x) {
-                *o = x * sigmoid(x);
+                *o = silu_value(x);
             }
         });
     out
@@ -27,19 +27,25 @@ pub fn silu_backward(x: &[f32], grad: &[f32]) -> Vec<f32> {
         .zip(x.par_chunks(CHUNK).zip(grad.par_chunks(CHUNK)))
         .for_each(|(out, (x, grad))| {
             for ((o, &x), &g) in out.iter_mut().zip(x).zip(grad) {
-                // 1 − σ(x) = e^(−x) σ(x), without the cancellation of 1 − σ(x) for large x.
-                let e = exp(-x);
-                let s = 1.0 / (1.0 + e);
-                *o = g * s * (1.0 + x * (e * s));
+                *o = g * silu_and_slope(x).1;
             }
         });
     out
 }
 
-/// σ(x) = 1 / (1 + e^(−x)).
+/// silu(x) = x σ(x), σ(x) = 1 / (1 + e^(−x)).
 #[inline(always)]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + exp(-x))
+pub(crate) fn silu_value(x: f32) -> f32 {
+    x / (1.0 + exp(-x))
+}
+
+/// (silu(x), silu'(x)) with silu'(x) = σ(x) (1 + x (1 − σ(x))), where 1 − σ(x) = e^(−x) σ(x)
+/// avoids the cancellation of 1 − σ(x) for large x.
+#[inline(always)]
+pub(crate) fn silu_and_slope(x: f32) -> (f32, f32) {
+    let e = exp(-x);
+    let s = 1.0 / (1.0 + e);
+    (x * s, s * (1.0 + x * (e * s)))
 }
 
 /// e^x for x in f32's range, within 2 ulp of the correctly rounded value (1 ulp = 2^-23

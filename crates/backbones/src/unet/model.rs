@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, GroupNorm, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Int, Tensor};
-use diffusion_kernels::{conv2d, silu};
+use diffusion_kernels::{conv2d, group_norm_silu, silu};
 
 use super::config::{DownBlockKind, Resampling, UNetConfig, UpBlockKind};
 use crate::attention::{Attention, SpatialSelfAttention};
@@ -444,6 +444,6 @@ impl UNet {
                 h = up.forward(h, &emb, true);
             }
         }
-        conv2d(&self.conv_out, silu(self.conv_norm_out.forward(h)))
+        conv2d(&self.conv_out, group_norm_silu(&self.conv_norm_out, h))
     }
 }
