@@ -69,6 +69,7 @@ bench backend="flex":
     ./target/release/diffusion bench train --model dit-s-2 --in-channels 3 --classes 10 --batch 32 --iters 3 --backend {{backend}}
     ./target/release/diffusion bench sample --model ddpm-cifar10 --batch 32 --iters 3 --backend {{backend}}
     ./target/release/diffusion bench samplers --backend {{backend}}
+    ./target/release/diffusion bench kernels --backend {{backend}}
 
 # Our step times against PyTorch's on this machine (needs the venv bench/compare_pytorch.py names).
 bench-pytorch python="/work/venv/bin/python":

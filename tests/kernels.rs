@@ -1,14 +1,18 @@
 //! The CPU kernels of diffusion-kernels against burn's own operations. On flex (f32) they
-//! replace burn's convolution, group norm and SiLU in every backbone, so they must give the same values and
-//! the same gradients; on the other backends they are burn's operations.
+//! replace burn's convolution, group norm and SiLU in every backbone, so they must give the
+//! same values and the same gradients; on the other backends they must stand aside.
 
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, PaddingConfig2d};
-use burn::tensor::{Distribution, Tensor};
+use burn::tensor::{DType, Distribution, Tensor};
 use diffusion_core::BackendKind;
 
 use diffusion_tests::{assert_close_floor, device, spec};
+
+fn on_flex() -> bool {
+    spec().backend == BackendKind::Flex
+}
 
 fn values<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
     t.to_data().convert::<f64>().try_to_vec::<f64>().unwrap()
@@ -45,10 +49,14 @@ fn convolutions() -> Vec<(Conv2dConfig, [usize; 4])> {
 
 #[test]
 fn the_kernels_take_f32_tensors_on_flex_only() {
-    let on_flex = spec().backend == BackendKind::Flex;
+    let on_flex = on_flex();
     for device in [device(), device().autodiff()] {
         let x = Tensor::<2>::zeros([2, 2], &device);
         assert_eq!(diffusion_kernels::applies_to(&x), on_flex, "{device:?}");
+        if device.supports_dtype(DType::F64) {
+            let x = Tensor::<2>::zeros([2, 2], (&device, DType::F64));
+            assert!(!diffusion_kernels::applies_to(&x), "f64 takes burn's operations");
+        }
     }
 }
 
@@ -57,9 +65,25 @@ fn convolution_values_and_gradients_match_burn() {
     let ad = device().autodiff();
     for (config, shape) in convolutions() {
         let conv: Conv2d = config.init(&ad);
-        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &ad).require_grad();
-        let reference = conv.forward(x.clone());
-        let ours = diffusion_kernels::conv2d(&conv, x.clone());
+        // A transposed view as well as a contiguous input (the kernels copy views first).
+        let [b, c, h, w] = shape;
+        let x = Tensor::<4>::random([b, c, w, h], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+        let input = || {
+            if h != w {
+                x.clone().swap_dims(2, 3)
+            } else {
+                x.clone()
+            }
+        };
+        let reference = conv.forward(input());
+        let ours = diffusion_kernels::try_conv2d(&conv, input());
+        assert_eq!(
+            ours.is_some(),
+            on_flex(),
+            "the kernels take every case on flex, none elsewhere"
+        );
+        // Elsewhere, burn's operations on a graph of their own (backward consumes a graph).
+        let ours = ours.unwrap_or_else(|| conv.forward(input()));
         let what = format!("{shape:?} → {:?}", reference.dims());
         assert_eq!(ours.dims(), reference.dims(), "{what}");
         assert_close_floor(
@@ -172,17 +196,16 @@ fn compare_norm<const D: usize>(
             values(&norm.beta.as_ref().unwrap().grad(&grads).unwrap()),
         ]
     };
-    let (ours, reference) = if silu {
-        let reference = burn::tensor::activation::silu(norm.forward(x.clone()));
-        (
-            run(diffusion_kernels::group_norm_silu(norm, x.clone())),
-            run(reference),
-        )
-    } else {
-        (
-            run(diffusion_kernels::group_norm(norm, x.clone())),
-            run(norm.forward(x.clone())),
-        )
+    let burn = || match silu {
+        true => burn::tensor::activation::silu(norm.forward(x.clone())),
+        false => norm.forward(x.clone()),
     };
+    let ours = diffusion_kernels::try_group_norm(norm, x.clone(), silu);
+    assert_eq!(
+        ours.is_some(),
+        on_flex(),
+        "the kernels take every case on flex, none elsewhere"
+    );
+    let (ours, reference) = (run(ours.unwrap_or_else(burn)), run(burn()));
     (ours, reference)
 }

@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::module::Module;
+use burn::nn::conv::Conv2dConfig;
+use burn::nn::{GroupNormConfig, PaddingConfig2d};
 use burn::optim::{AdamWConfig, GradientsParams};
+use burn::tensor::Distribution;
+use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use clap::{Args, Subcommand};
 use diffusion_backbones::{Backbone, Conditioning, Model, ModelConfig, preset};
@@ -38,6 +42,26 @@ enum BenchKind {
     /// An n × n matrix product: the backend's dense-kernel throughput, the ceiling of the
     /// convolutions and linear layers.
     Matmul(MatmulBench),
+    /// The layers diffusion-kernels computes on flex (convolutions, group norm + SiLU, SiLU),
+    /// forward and backward, through its kernels and through burn's own operations, at the
+    /// sizes of the CPU U-Net of `shapes`.
+    Kernels(KernelBench),
+}
+
+#[derive(Args)]
+struct KernelBench {
+    /// Images per call.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Timed iterations (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    iters: usize,
+    /// Backend (the kernels apply to flex; elsewhere both columns are burn's operations).
+    #[arg(long, default_value = "flex")]
+    backend: DeviceSpec,
+    /// Also write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -118,7 +142,103 @@ pub(crate) fn bench(args: &BenchArgs) -> Result<()> {
         BenchKind::Sample(b) => model_bench(b, false),
         BenchKind::Samplers(b) => sampler_bench(b),
         BenchKind::Matmul(b) => matmul_bench(b),
+        BenchKind::Kernels(b) => kernel_bench(b),
     }
+}
+
+/// A layer timed both ways: burn's operations and diffusion-kernels'.
+struct KernelCase {
+    name: String,
+    shape: [usize; 4],
+    burn: Box<dyn Fn(Tensor<4>) -> Tensor<4>>,
+    kernels: Box<dyn Fn(Tensor<4>) -> Tensor<4>>,
+}
+
+fn kernel_cases(n: usize, device: &Device) -> Vec<KernelCase> {
+    let conv = |c_in: usize, c_out: usize, side: usize, stride: usize| {
+        let layer = Conv2dConfig::new([c_in, c_out], [3, 3])
+            .with_stride([stride, stride])
+            .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+            .init(device);
+        let same = layer.clone();
+        let strided = if stride > 1 {
+            format!(", stride {stride}")
+        } else {
+            String::new()
+        };
+        KernelCase {
+            name: format!("conv 3×3 {c_in}→{c_out}, {side}×{side}{strided}"),
+            shape: [n, c_in, side, side],
+            burn: Box::new(move |x| layer.forward(x)),
+            kernels: Box::new(move |x| diffusion_kernels::conv2d(&same, x)),
+        }
+    };
+    let norm = |c: usize, side: usize| {
+        let layer = GroupNormConfig::new(16, c).init(device);
+        let same = layer.clone();
+        KernelCase {
+            name: format!("group norm (16 groups) + SiLU, {c} ch, {side}×{side}"),
+            shape: [n, c, side, side],
+            burn: Box::new(move |x| silu(layer.forward(x))),
+            kernels: Box::new(move |x| diffusion_kernels::group_norm_silu(&same, x)),
+        }
+    };
+    let silu_case = |c: usize, side: usize| KernelCase {
+        name: format!("SiLU, {c} ch, {side}×{side}"),
+        shape: [n, c, side, side],
+        burn: Box::new(silu),
+        kernels: Box::new(diffusion_kernels::silu),
+    };
+    vec![
+        conv(32, 32, 32, 1),
+        conv(64, 64, 16, 1),
+        conv(96, 32, 32, 1),
+        conv(32, 32, 32, 2),
+        norm(32, 32),
+        norm(96, 32),
+        silu_case(32, 32),
+    ]
+}
+
+fn kernel_bench(b: &KernelBench) -> Result<()> {
+    if b.batch == 0 || b.iters == 0 {
+        return Err(usage("--batch and --iters must be at least 1"));
+    }
+    let device = b.backend.open().map_err(|e| usage(e.to_string()))?.autodiff();
+    println!(
+        "forward + backward (∂x and the layer's parameters), batch {}, median of {}:",
+        b.batch, b.iters
+    );
+    let mut results = Vec::new();
+    for case in kernel_cases(b.batch, &device) {
+        let x = Tensor::<4>::random(case.shape, Distribution::Normal(0.0, 1.0), &device);
+        let out = (case.burn)(x.clone()).dims();
+        let g = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), &device);
+        let time = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+            let times = time_iterations(2, b.iters, &device, || {
+                let x = x.clone().require_grad();
+                let grads = (f(x.clone()) * g.clone()).sum().backward();
+                let _ = x.grad(&grads);
+            });
+            summary(&times).0
+        };
+        let (burn, kernels) = (time(&case.burn), time(&case.kernels));
+        println!(
+            "  {:48} burn {:8.2} ms   kernels {:8.2} ms   {:5.2}×",
+            case.name,
+            burn * 1e3,
+            kernels * 1e3,
+            burn / kernels
+        );
+        results.push(json!({"case": case.name, "burn_s": burn, "kernels_s": kernels}));
+    }
+    if let Some(path) = &b.json {
+        write_json(
+            path,
+            &json!({"backend": b.backend.to_string(), "batch": b.batch, "results": results}),
+        )?;
+    }
+    Ok(())
 }
 
 fn matmul_bench(b: &MatmulBench) -> Result<()> {

@@ -814,15 +814,18 @@ fn benchmarks_run_one_iteration() {
             "heun",
             "dpmpp-2m",
         ],
+        vec!["bench", "kernels", "--batch", "1", "--iters", "1"],
     ] {
         let mut args = args;
         args.extend(["--backend", backend.as_str()]);
         let out = run_ok(&args);
         let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            stdout.contains("GFLOP/s") || stdout.contains("ms/step"),
-            "{stdout}"
-        );
+        let expected = match args[1] {
+            "kernels" => "conv 3×3 32→32",
+            "samplers" => "ms/step",
+            _ => "GFLOP/s",
+        };
+        assert!(stdout.contains(expected), "{stdout}");
     }
     let record: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(record["iters"], 1);

@@ -1,38 +1,66 @@
 //! 2-D convolution (one group, dilation 1) and its two gradients on f32 NCHW slices, lowered
 //! per image to matrix products with the patch matrix `cols(x_b)` of [`patches`](crate::patches):
 //!
-//! - forward: y_b = W · cols(x_b), with W the weights as a `[C_out, C_in·k_h·k_w]` matrix;
+//! - forward: y_b = W · cols(x_b) + b 1ᵀ, with W the weights as a `[C_out, C_in·k_h·k_w]`
+//!   matrix and b the bias;
 //! - input gradient: ∂x_b = col2im(Wᵀ · ∂y_b);
-//! - weight gradient: ∂W = Σ_b ∂y_b · cols(x_b)ᵀ.
+//! - weight gradient: ∂W = Σ_b ∂y_b · cols(x_b)ᵀ; bias gradient: ∂b = Σ_b ∂y_b 1.
 //!
 //! Images run in parallel, each with its patch matrix in a per-thread buffer that is reused
 //! from call to call (a fresh allocation of that size costs more in page faults than the copy
-//! itself). The weight gradient sums fixed groups of images in a fixed order, so it does not
+//! itself); large images are taken in bands of output rows so that the buffer stays small. The weight gradient sums fixed groups of images in a fixed order, so it does not
 //! depend on the number of threads or on scheduling.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
 use crate::gemm::{Mat, matmul};
+use crate::lanes;
 use crate::patches::{Patches, col2im, im2col};
 
 /// Images whose weight-gradient terms are summed by one task, in order.
 const GROUP: usize = 4;
 
-/// y = conv(x, w): `x` is `[B, C_in, H, W]`, `w` is `[C_out, C_in, k_h, k_w]`, the result
-/// `[B, C_out, H_out, W_out]`, all row-major.
-pub fn conv2d(x: &[f32], w: &[f32], p: &Patches, c_out: usize) -> Vec<f32> {
-    let (k, n, image) = (p.rows(), p.columns(), image_len(p));
+/// The most values of a patch matrix built at once (4 MB of f32; a few rows in the unit tests,
+/// so that they cover images taken in several bands).
+const PATCH_VALUES: usize = if cfg!(test) { 64 } else { 1 << 20 };
+
+/// y = conv(x, w) + b: `x` is `[B, C_in, H, W]`, `w` is `[C_out, C_in, k_h, k_w]`, `bias` is
+/// `[C_out]`, the result `[B, C_out, H_out, W_out]`, all row-major.
+pub fn conv2d(x: &[f32], w: &[f32], bias: &[f32], p: &Patches) -> Vec<f32> {
+    let (c_out, k, n, image) = (bias.len(), p.rows(), p.columns(), image_len(p));
     let weights = Mat::new(w, c_out, k);
     let mut y = vec![0.0f32; p.batch * c_out * n];
     per_chunk(&mut y, c_out * n, |b, y_b, parallel| {
-        with_scratch(k * n, |cols| {
-            im2col(&x[b * image..][..image], p, cols);
-            matmul(y_b, weights, Mat::new(cols, k, n), false, parallel);
-        });
+        for (row, &bias) in y_b.chunks_mut(n).zip(bias) {
+            row.fill(bias);
+        }
+        for band in bands(p) {
+            let (start, width) = (band.start * p.output[1], band.len() * p.output[1]);
+            with_scratch(k * width, |cols| {
+                im2col(&x[b * image..][..image], p, band, cols);
+                let cols = Mat::new(cols, k, width);
+                matmul(&mut y_b[start..], n, weights, cols, true, parallel);
+            });
+        }
     });
     y
+}
+
+/// ∂b from ∂y: the sum of each output channel over images and positions, `[C_out]`.
+pub fn conv2d_bias_grad(dy: &[f32], p: &Patches, c_out: usize) -> Vec<f32> {
+    let n = p.columns();
+    let per_image: Vec<f64> = (0..c_out)
+        .into_par_iter()
+        .map(|o| {
+            (0..p.batch)
+                .map(|b| lanes::sum(&dy[(b * c_out + o) * n..][..n], |v| v))
+                .sum()
+        })
+        .collect();
+    per_image.into_iter().map(|v| v as f32).collect()
 }
 
 /// ∂x from ∂y (`[B, C_out, H_out, W_out]`) and the weights: `[B, C_in, H, W]`.
@@ -41,11 +69,15 @@ pub fn conv2d_input_grad(w: &[f32], dy: &[f32], p: &Patches, c_out: usize) -> Ve
     let weights_t = Mat::new(w, c_out, k).t();
     let mut dx = vec![0.0f32; p.batch * image_len(p)];
     per_chunk(&mut dx, image_len(p), |b, dx_b, parallel| {
-        with_scratch(k * n, |dcols| {
-            let dy_b = Mat::new(&dy[b * c_out * n..][..c_out * n], c_out, n);
-            matmul(dcols, weights_t, dy_b, false, parallel);
-            col2im(dcols, p, dx_b);
-        });
+        let dy_b = &dy[b * c_out * n..][..c_out * n];
+        for band in bands(p) {
+            let (start, width) = (band.start * p.output[1], band.len() * p.output[1]);
+            with_scratch(k * width, |dcols| {
+                let dy_band = Mat::strided(&dy_b[start..], c_out, width, n);
+                matmul(dcols, width, weights_t, dy_band, false, parallel);
+                col2im(dcols, p, band, dx_b);
+            });
+        }
     });
     dx
 }
@@ -57,11 +89,15 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], p: &Patches, c_out: usize) -> V
     let mut partial = vec![0.0f32; groups * c_out * k];
     per_chunk(&mut partial, c_out * k, |g, dw, parallel| {
         for b in g * GROUP..((g + 1) * GROUP).min(p.batch) {
-            with_scratch(k * n, |cols| {
-                im2col(&x[b * image..][..image], p, cols);
-                let dy_b = Mat::new(&dy[b * c_out * n..][..c_out * n], c_out, n);
-                matmul(dw, dy_b, Mat::new(cols, k, n).t(), true, parallel);
-            });
+            let dy_b = &dy[b * c_out * n..][..c_out * n];
+            for band in bands(p) {
+                let (start, width) = (band.start * p.output[1], band.len() * p.output[1]);
+                with_scratch(k * width, |cols| {
+                    im2col(&x[b * image..][..image], p, band, cols);
+                    let dy_band = Mat::strided(&dy_b[start..], c_out, width, n);
+                    matmul(dw, k, dy_band, Mat::new(cols, k, width).t(), true, parallel);
+                });
+            }
         }
     });
     let (total, rest) = partial.split_at_mut(c_out * k);
@@ -72,6 +108,18 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], p: &Patches, c_out: usize) -> V
     }
     partial.truncate(c_out * k);
     partial
+}
+
+/// The bands of output rows whose patch matrices are built one at a time: the whole image
+/// when its patch matrix holds at most [`PATCH_VALUES`] values, so that a thread's buffer stays
+/// within 4 MB however large the image.
+fn bands(p: &Patches) -> impl Iterator<Item = Range<usize>> + use<> {
+    let per_row = (p.rows() * p.output[1]).max(1);
+    let rows = (PATCH_VALUES / per_row).clamp(1, p.output[0].max(1));
+    let height = p.output[0];
+    (0..height)
+        .step_by(rows)
+        .map(move |start| start..(start + rows).min(height))
 }
 
 fn image_len(p: &Patches) -> usize {
@@ -176,12 +224,48 @@ mod tests {
         ]
     }
 
+    /// The same values with one thread as with three (the weight gradient sums images in fixed
+    /// groups, the GEMM never splits its inner dimension).
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                cases()
+                    .into_iter()
+                    .map(|(p, c_out)| {
+                        let x = values(p.batch * image_len(&p), 0.5);
+                        let w = values(c_out * p.rows(), 2.0);
+                        let g = values(p.batch * c_out * p.columns(), 4.0);
+                        let bias = values(c_out, 9.0);
+                        [
+                            conv2d(&x, &w, &bias, &p),
+                            conv2d_input_grad(&w, &g, &p, c_out),
+                            conv2d_weight_grad(&x, &g, &p, c_out),
+                            conv2d_bias_grad(&g, &p, c_out),
+                        ]
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(run(1), run(3));
+    }
+
     #[test]
     fn forward_follows_the_definition() {
         for (p, c_out) in cases() {
             let x = values(p.batch * image_len(&p), 0.5);
             let w = values(c_out * p.rows(), 2.0);
-            let (got, want) = (conv2d(&x, &w, &p, c_out), conv_by_definition(&x, &w, &p, c_out));
+            let bias: Vec<f32> = (0..c_out).map(|o| o as f32 * 0.25 - 0.5).collect();
+            let want: Vec<f32> = conv_by_definition(&x, &w, &p, c_out)
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + bias[i / p.columns() % c_out])
+                .collect();
+            let got = conv2d(&x, &w, &bias, &p);
             let err = got
                 .iter()
                 .zip(&want)
@@ -191,17 +275,22 @@ mod tests {
         }
     }
 
-    /// The gradients are the adjoints of the forward map: for y = conv(x, w),
-    /// ⟨conv(x, w), g⟩ = ⟨x, ∂x(g)⟩ = ⟨w, ∂w(g)⟩ (the map is linear in each argument).
+    /// The gradients are the adjoints of the forward map: for y = conv(x, w) + b,
+    /// ⟨y − b, g⟩ = ⟨x, ∂x(g)⟩ = ⟨w, ∂w(g)⟩ (linear in each argument) and ⟨b 1ᵀ, g⟩ = ⟨b, ∂b(g)⟩.
     #[test]
     fn the_gradients_are_the_adjoints() {
         for (p, c_out) in cases() {
             let x = values(p.batch * image_len(&p), 0.25);
             let w = values(c_out * p.rows(), 1.5);
             let g = values(p.batch * c_out * p.columns(), 4.0);
-            let y = dot(&conv2d(&x, &w, &p, c_out), &g);
+            let bias = values(c_out, 9.0);
+            let y = dot(&conv2d(&x, &w, &bias, &p), &g);
             let via_x = dot(&x, &conv2d_input_grad(&w, &g, &p, c_out));
             let via_w = dot(&w, &conv2d_weight_grad(&x, &g, &p, c_out));
+            let via_b = dot(&bias, &conv2d_bias_grad(&g, &p, c_out));
+            // conv is affine in (x, w, b) jointly: ⟨y, g⟩ = ⟨x, ∂x⟩ = ⟨w, ∂w⟩ hold for the
+            // bias-free part, and the bias adds ⟨b, ∂b⟩.
+            let y = y - via_b;
             for other in [via_x, via_w] {
                 assert!(
                     (y - other).abs() < 1e-4 * y.abs().max(1.0),

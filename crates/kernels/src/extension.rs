@@ -19,8 +19,13 @@ use crate::{conv, silu};
 /// `[B, C_in, H, W]` inputs and `[C_out, C_in, k_h, k_w]` weights, one group, dilation 1.
 #[backend_extension(Flex, Autodiff)]
 pub trait CpuKernels: Backend {
-    /// conv(x, w) without bias: `[B, C_out, H_out, W_out]`.
-    fn patch_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, patches: Patches) -> FloatTensor<Self>;
+    /// conv(x, w) + bias: `[B, C_out, H_out, W_out]`.
+    fn patch_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        patches: Patches,
+    ) -> FloatTensor<Self>;
     /// ∂x of the convolution from ∂y.
     fn patch_conv2d_input_grad(
         x: FloatTensor<Self>,
@@ -35,6 +40,8 @@ pub trait CpuKernels: Backend {
         grad: FloatTensor<Self>,
         patches: Patches,
     ) -> FloatTensor<Self>;
+    /// ∂bias of the convolution from ∂y: `[C_out]`.
+    fn patch_conv2d_bias_grad(grad: FloatTensor<Self>, patches: Patches) -> FloatTensor<Self>;
     /// x · σ(x).
     fn silu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// grad · σ(x) (1 + x (1 − σ(x))): the gradient of `silu` at x.
@@ -82,10 +89,20 @@ fn out_channels(weight: &FlexTensor) -> usize {
 }
 
 impl CpuKernels for Flex {
-    fn patch_conv2d(x: FlexTensor, weight: FlexTensor, p: Patches) -> FlexTensor {
+    fn patch_conv2d(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, p: Patches) -> FlexTensor {
         let c_out = out_channels(&weight);
-        let y = with_f32(&x, |x| with_f32(&weight, |w| conv::conv2d(x, w, &p, c_out)));
+        let y = with_f32(&x, |x| {
+            with_f32(&weight, |w| with_f32(&bias, |b| conv::conv2d(x, w, b, &p)))
+        });
         from_vec(y, vec![p.batch, c_out, p.output[0], p.output[1]])
+    }
+
+    fn patch_conv2d_bias_grad(grad: FlexTensor, p: Patches) -> FlexTensor {
+        let c_out = grad.layout().shape()[1];
+        from_vec(
+            with_f32(&grad, |g| conv::conv2d_bias_grad(g, &p, c_out)),
+            vec![c_out],
+        )
     }
 
     fn patch_conv2d_input_grad(
@@ -176,15 +193,23 @@ fn options(p: &Patches, kernel: [usize; 2]) -> ConvOptions<2> {
 }
 
 impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
-    fn patch_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, p: Patches) -> FloatTensor<Self> {
+    fn patch_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        p: Patches,
+    ) -> FloatTensor<Self> {
         #[derive(Debug)]
         struct Conv2d;
-        impl<B: Backend + CpuKernels> Backward<B, 2> for Conv2d {
+        impl<B: Backend + CpuKernels> Backward<B, 3> for Conv2d {
             type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive, Patches);
-            fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let [node_x, node_w] = ops.parents;
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_w, node_b] = ops.parents;
                 let grad = grads.consume::<B>(&ops.node);
                 let (x, w, p) = ops.state;
+                if let Some(node) = node_b {
+                    grads.register::<B>(node.id, B::patch_conv2d_bias_grad(grad.clone(), p));
+                }
                 if let Some(node) = node_x {
                     let dx = B::patch_conv2d_input_grad(x.clone(), w.clone(), grad.clone(), p);
                     grads.register::<B>(node.id, dx);
@@ -194,16 +219,25 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
                 }
             }
         }
-        let nodes = [x.node(), weight.node()];
-        let (x, w) = (x.into_primitive(), weight.into_primitive());
+        let nodes = [x.node(), weight.node(), bias.node()];
+        let (x, w, b) = (x.into_primitive(), weight.into_primitive(), bias.into_primitive());
         match Conv2d.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((x.clone(), w.clone(), p), B::patch_conv2d(x, w, p)),
-            OpsKind::UnTracked(prep) => prep.finish(B::patch_conv2d(x, w, p)),
+            OpsKind::Tracked(prep) => prep.finish((x.clone(), w.clone(), p), B::patch_conv2d(x, w, b, p)),
+            OpsKind::UnTracked(prep) => prep.finish(B::patch_conv2d(x, w, b, p)),
         }
     }
 
-    /// burn's differentiable convolution gradient (reached only when differentiating a
-    /// gradient, never by a training step).
+    /// Sums over images and positions, from differentiable operations.
+    fn patch_conv2d_bias_grad(grad: FloatTensor<Self>, _: Patches) -> FloatTensor<Self> {
+        let c = grad.shape()[1];
+        let summed = Self::float_sum_dim(Self::float_sum_dim(Self::float_sum_dim(grad, 3), 2), 0);
+        Self::float_reshape(summed, Shape::new([c]))
+    }
+
+    /// burn's differentiable convolution gradient. The gradient operations of this impl are
+    /// differentiable compositions so that a gradient could itself be differentiated; burn 0.22
+    /// does not differentiate a backward pass, so no code path reaches them today (the backward
+    /// passes above call the inner backend's kernels).
     fn patch_conv2d_input_grad(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -273,8 +307,8 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         }
     }
 
-    /// The formula of [`norm`](crate::norm) composed of differentiable operations, so that
-    /// second derivatives flow through it (reached only when differentiating a gradient).
+    /// The formula of [`norm`](crate::norm) composed of differentiable operations (not reached
+    /// today: see [`CpuKernels::patch_conv2d_input_grad`] of this impl).
     fn group_norm_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,

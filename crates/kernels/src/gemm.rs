@@ -28,6 +28,23 @@ impl<'a> Mat<'a> {
         m
     }
 
+    /// A `rows × cols` matrix whose rows start `row_stride` values apart (a block of columns
+    /// of a wider row-major matrix).
+    ///
+    /// # Panics
+    /// If `data` is too short for the last row.
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        let m = Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        };
+        m.check();
+        m
+    }
+
     /// The transpose, as a view of the same values.
     pub fn t(self) -> Self {
         Self {
@@ -54,16 +71,25 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`; `dst` is row-major. `parallel`
-/// lets the GEMM split the product over rayon's threads (for a single large product; leave it
-/// off inside tasks that are already parallel).
+/// `dst = lhs · rhs`, or `dst += lhs · rhs` when `accumulate`; `dst` holds the rows of the
+/// product `dst_row_stride` values apart (`rhs.cols` for a row-major matrix of its own).
+/// `parallel` lets the GEMM split the product over rayon's threads (for a single large product;
+/// leave it off inside tasks that are already parallel).
 ///
 /// # Panics
-/// If the inner dimensions differ or `dst` does not hold `lhs.rows × rhs.cols` values.
-pub fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, accumulate: bool, parallel: bool) {
+/// If the inner dimensions differ or `dst` is too short for the product's last row.
+pub fn matmul(dst: &mut [f32], dst_row_stride: usize, lhs: Mat, rhs: Mat, accumulate: bool, parallel: bool) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(rhs.rows, k, "inner dimensions of a matrix product differ");
-    assert_eq!(dst.len(), m * n, "the product needs a {m}×{n} destination");
+    assert!(dst_row_stride >= n, "rows of the destination overlap");
+    if m > 0 && n > 0 {
+        let needed = (m - 1) * dst_row_stride + n;
+        assert!(
+            dst.len() >= needed,
+            "the {m}×{n} product needs {needed} values, the slice has {}",
+            dst.len()
+        );
+    }
     lhs.check();
     rhs.check();
     if m == 0 || n == 0 {
@@ -71,7 +97,9 @@ pub fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, accumulate: bool, parallel: b
     }
     if k == 0 {
         if !accumulate {
-            dst.fill(0.0);
+            for row in dst.chunks_mut(dst_row_stride).take(m) {
+                row[..n].fill(0.0);
+            }
         }
         return;
     }
@@ -81,9 +109,10 @@ pub fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, accumulate: bool, parallel: b
         gemm::Parallelism::None
     };
     let s = |x: usize| x as isize;
-    // SAFETY: `dst` holds m·n values at row stride n, column stride 1; `check` proved that every
-    // element (i, j) of `lhs` (i < m, j < k) and of `rhs` (i < k, j < n) lies inside its slice,
-    // with non-negative strides. `dst` is borrowed mutably, so it aliases neither input.
+    // SAFETY: element (i, j) of the product (i < m, j < n) is written at i·dst_row_stride + j <
+    // (m − 1)·dst_row_stride + n ≤ dst.len() (asserted above); `check` proved that every element
+    // (i, j) of `lhs` (i < m, j < k) and of `rhs` (i < k, j < n) lies inside its slice, with
+    // non-negative strides. `dst` is borrowed mutably, so it aliases neither input.
     #[allow(unsafe_code)]
     unsafe {
         gemm::gemm(
@@ -92,7 +121,7 @@ pub fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, accumulate: bool, parallel: b
             k,
             dst.as_mut_ptr(),
             1,
-            s(n),
+            s(dst_row_stride),
             accumulate,
             lhs.data.as_ptr(),
             s(lhs.col_stride),
@@ -133,12 +162,13 @@ mod tests {
         let close = |x: &[f32], y: &[f32]| x.iter().zip(y).all(|(x, y)| (x - y).abs() < 1e-5);
         for parallel in [false, true] {
             let mut c = vec![0.0; m * n];
-            matmul(&mut c, Mat::new(&a, m, k), Mat::new(&b, k, n), false, parallel);
+            matmul(&mut c, n, Mat::new(&a, m, k), Mat::new(&b, k, n), false, parallel);
             assert!(close(&c, &want));
             // (bᵀ aᵀ)ᵀ = a b, through transposed views of the same slices.
             let mut ct = vec![0.0; n * m];
             matmul(
                 &mut ct,
+                m,
                 Mat::new(&b, k, n).t(),
                 Mat::new(&a, m, k).t(),
                 false,
@@ -147,9 +177,17 @@ mod tests {
             let ct_t: Vec<f32> = (0..m * n).map(|i| ct[(i % n) * m + i / n]).collect();
             assert!(close(&ct_t, &want));
             // Accumulating twice doubles.
-            matmul(&mut c, Mat::new(&a, m, k), Mat::new(&b, k, n), true, parallel);
+            matmul(&mut c, n, Mat::new(&a, m, k), Mat::new(&b, k, n), true, parallel);
             let twice: Vec<f32> = want.iter().map(|x| 2.0 * x).collect();
             assert!(close(&c, &twice));
+            // Columns 1..3 of the product, from a column block of b, into a wider destination.
+            let mut wide = vec![7.0; m * n];
+            let block = Mat::strided(&b[1..], k, 2, n);
+            matmul(&mut wide[1..], n, Mat::new(&a, m, k), block, false, parallel);
+            for i in 0..m {
+                assert_eq!(wide[i * n], 7.0);
+                assert!(close(&wide[i * n + 1..i * n + 3], &want[i * n + 1..i * n + 3]));
+            }
         }
     }
 

@@ -1,26 +1,29 @@
 //! # diffusion-kernels
 //!
-//! CPU kernels for the flex backend: the convolutions and SiLU of the image backbones, with
-//! their gradients.
+//! CPU kernels for the flex backend: the convolutions, group norms and SiLU of the image
+//! backbones, with their gradients.
 //!
 //! On flex, burn lowers a convolution to tiled im2col + GEMM after a single-threaded transpose
-//! to channels-last, computes its weight gradient as a convolution whose kernel is the whole
-//! output gradient (GEMMs nine columns wide for a 3×3 kernel), and evaluates SiLU's sigmoid
-//! with a scalar `expf` on one thread. On the narrow U-Nets a CPU can train, that made a
-//! convolution's forward and backward pass 2.8–3.8× slower than PyTorch's and SiLU 11× slower
-//! (docs/performance.md). Here a convolution is one matrix product per image with its patch
-//! matrix ([`patches`], [`conv`]), in a reused buffer; its gradients are matrix products too;
-//! SiLU runs in parallel chunks with a vectorised exponential ([`mod@silu`]).
+//! to channels-last, and computes its weight gradient as a convolution whose kernel is the
+//! whole output gradient (GEMMs nine columns wide for a 3×3 kernel); it composes group norm
+//! from about twenty tensor passes forward and backward, and evaluates SiLU's sigmoid with a
+//! scalar `expf` on one thread. On the narrow U-Nets a CPU can train, these layers ran 2–10×
+//! slower than PyTorch's (docs/performance.md). Here:
 //!
-//! Group norm, alone or followed by SiLU, takes one pass forward and two backward per group
-//! ([`norm`]) where burn's composition of tensor operations takes about twenty.
+//! - a convolution is one matrix product per image with its patch matrix ([`patches`],
+//!   [`conv`]), built in a buffer each thread reuses; its gradients are matrix products too;
+//! - group norm, alone or followed by SiLU, works on one (image, group) block at a time while
+//!   it is in cache: statistics and output forward, two sweeps backward ([`norm`]);
+//! - SiLU runs in parallel chunks with a vectorised exponential ([`mod@silu`]).
 //!
-//! [`conv2d`], [`group_norm`], [`group_norm_silu`] and [`silu()`] take these paths for f32 tensors on flex devices (with or without
-//! autodiff) when the `flex` feature is on, and burn's own operations everywhere else, so a
-//! model computes the same function on every backend.
+//! [`conv2d`], [`group_norm`], [`group_norm_silu`] and [`silu()`] take these paths for f32
+//! tensors on flex devices (with or without autodiff) when the `flex` feature is on, and
+//! burn's own operations everywhere else, so a model computes the same function on every
+//! backend ([`applies_to`] says which).
 
 pub mod conv;
 mod gemm;
+mod lanes;
 pub mod norm;
 pub mod patches;
 pub mod silu;
@@ -38,36 +41,51 @@ pub use norm::GroupNormSpec;
 pub use patches::Patches;
 
 /// A 2-D convolution by `conv`'s weights, bias, strides and padding: the function of
-/// `conv.forward(x)`.
+/// `conv.forward(x)`, through the kernels where [`try_conv2d`] takes it.
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    try_conv2d(conv, x.clone()).unwrap_or_else(|| conv.forward(x))
+}
+
+/// The convolution through the kernels: `Some` for f32 tensors on flex (with the `flex`
+/// feature) with one group, dilation 1, explicit or no padding and non-empty sizes; `None`
+/// otherwise, where [`conv2d`] uses burn's.
+pub fn try_conv2d(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
     #[cfg(feature = "flex")]
-    if let Some(y) = route::conv2d(conv, x.clone()) {
-        return y;
+    return route::conv2d(conv, x);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (conv, x);
+        None
     }
-    conv.forward(x)
 }
 
 /// `norm.forward(x)`, the group norm of `x` (`[B, C, ...]`).
 pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
-    #[cfg(feature = "flex")]
-    if let Some(y) = route::group_norm(norm, x.clone(), false) {
-        return y;
-    }
-    norm.forward(x)
+    try_group_norm(norm, x.clone(), false).unwrap_or_else(|| norm.forward(x))
 }
 
-/// silu(norm.forward(x)): a group norm followed by SiLU (the pre-activation of the ResNet blocks),
-/// in one pass on flex.
+/// silu(norm.forward(x)): a group norm followed by SiLU (the pre-activation of the ResNet
+/// blocks), fused on flex.
 pub fn group_norm_silu<const D: usize>(norm: &GroupNorm, x: Tensor<D>) -> Tensor<D> {
-    #[cfg(feature = "flex")]
-    if let Some(y) = route::group_norm(norm, x.clone(), true) {
-        return y;
-    }
-    silu(norm.forward(x))
+    try_group_norm(norm, x.clone(), true).unwrap_or_else(|| silu(norm.forward(x)))
 }
 
-/// Whether [`conv2d`], [`group_norm`] and [`silu()`] run this crate's kernels on `x` (rather than burn's
-/// operations): f32 tensors on flex, when the `flex` feature is on.
+/// The group norm (then SiLU if `silu`) through the kernels: `Some` for f32 tensors on flex
+/// (with the `flex` feature) of at least three non-empty dimensions and affine layers; `None`
+/// otherwise, where [`group_norm`] and [`group_norm_silu`] use burn's.
+pub fn try_group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) -> Option<Tensor<D>> {
+    #[cfg(feature = "flex")]
+    return route::group_norm(norm, x, silu);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (norm, x, silu);
+        None
+    }
+}
+
+/// Whether the kernels take `x`'s backend and dtype (f32 on flex, with the `flex` feature):
+/// [`silu()`] then runs them; [`try_conv2d`] and [`try_group_norm`] also need layers they
+/// support.
 pub fn applies_to<const D: usize>(x: &Tensor<D>) -> bool {
     #[cfg(feature = "flex")]
     return route::on_flex(x);

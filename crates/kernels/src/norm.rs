@@ -1,5 +1,6 @@
 //! Group normalisation (Wu & He 2018) with an optional SiLU after it, forward and backward, on
-//! f32 slices `[B, C, S]` (S: the spatial positions) in one or two passes per group.
+//! f32 slices `[B, C, S]` (S: the spatial positions), one (image, group) block at a time while
+//! it is in cache: the statistics, then the output; backward, ∂z with its sums, then ∂x.
 //!
 //! For group g of image b, with its C/G channels × S positions as one block of M values:
 //! x̂ = (x − μ) / √(σ² + ε) (μ, σ² the block's mean and biased variance), z = γ_c x̂ + β_c, and
@@ -11,6 +12,7 @@
 
 use rayon::prelude::*;
 
+use crate::lanes;
 use crate::silu::{silu_and_slope, silu_value};
 
 /// What a group norm computes: the number of groups, ε, and whether SiLU follows.
@@ -96,8 +98,8 @@ pub fn group_norm_backward(
                 } else {
                     dz.copy_from_slice(dy);
                 }
-                let sum = lane_sum(dz, |dz| dz);
-                let sum_x = lane_sum2(dz, x, |dz, x| dz * (x - mean)) * rstd as f64;
+                let sum = lanes::sum(dz, |dz| dz);
+                let sum_x = lanes::sum2(dz, x, |dz, x| dz * (x - mean)) * rstd as f64;
                 sums[c] = [sum as f32, sum_x as f32];
                 m1 += g as f64 * sum;
                 m2 += g as f64 * sum_x;
@@ -128,40 +130,9 @@ pub fn group_norm_backward(
 /// stay in cache), accumulated in 16 lanes so that the loops vectorise.
 fn moments(x: &[f32], epsilon: f64) -> (f32, f32) {
     let n = x.len() as f64;
-    let mean = (lane_sum(x, |v| v) / n) as f32;
-    let var = lane_sum(x, |v| (v - mean) * (v - mean)) / n;
+    let mean = (lanes::sum(x, |v| v) / n) as f32;
+    let var = lanes::sum(x, |v| (v - mean) * (v - mean)) / n;
     (mean, (1.0 / (var + epsilon).sqrt()) as f32)
-}
-
-/// Σ f(a_i, b_i), in 16 lanes.
-fn lane_sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    let mut lanes = [0.0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f64 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(&a, &b)| f(a, b) as f64)
-        .sum();
-    for (ca, cb) in ca.zip(cb) {
-        for ((lane, &a), &b) in lanes.iter_mut().zip(ca).zip(cb) {
-            *lane += f(a, b);
-        }
-    }
-    lanes.iter().map(|&v| v as f64).sum::<f64>() + tail
-}
-
-/// Σ f(x_i), in 16 lanes.
-fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
-    let mut lanes = [0.0f32; 16];
-    let chunks = x.chunks_exact(16);
-    let tail: f64 = chunks.remainder().iter().map(|&v| f(v) as f64).sum();
-    for chunk in chunks {
-        for (lane, &v) in lanes.iter_mut().zip(chunk) {
-            *lane += f(v);
-        }
-    }
-    lanes.iter().map(|&v| v as f64).sum::<f64>() + tail
 }
 
 #[cfg(test)]
@@ -239,6 +210,30 @@ mod tests {
                 .fold(0.0, f64::max);
             assert!(err < 2e-6, "{spec:?}: {err:e}");
         }
+    }
+
+    /// The same values with one thread as with three.
+    #[test]
+    fn results_do_not_depend_on_the_thread_count() {
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                cases()
+                    .into_iter()
+                    .map(|(l, spec)| {
+                        let x = values(l.batch * l.channels * l.positions, 0.5, 2.0);
+                        let (gamma, beta) = (values(l.channels, 3.0, 1.0), values(l.channels, 7.0, 0.5));
+                        let dy = values(x.len(), 11.0, 1.0);
+                        let (dx, dgamma, dbeta) = group_norm_backward(&x, &gamma, &beta, &dy, l, spec);
+                        [group_norm(&x, &gamma, &beta, l, spec), dx, dgamma, dbeta]
+                    })
+                    .collect::<Vec<_>>()
+            })
+        };
+        assert_eq!(run(1), run(3));
     }
 
     /// The gradients against central differences of the f64 definition of ⟨y, ∂y⟩.

@@ -4,7 +4,10 @@
 //!
 //! `cols(x_b)[(c, i, j), (y, x)] = x[b, c, y·s_h + i − p_top, x·s_w + j − p_left]` (zero
 //! outside the image), one image at a time so that the patch matrix can live in a reused
-//! buffer; for stride 1 every row segment is a shifted contiguous copy.
+//! buffer (or a band of output rows at a time, for large images); for stride 1 every row
+//! segment is a shifted contiguous copy.
+
+use std::ops::Range;
 
 /// The geometry of a 2-D convolution's patches (dilation 1, one group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +71,7 @@ impl Patches {
 
     /// Output positions `o` along one axis whose input position `o·stride + offset − pad` lies
     /// in `0..size`.
-    fn valid(&self, axis: usize, offset: usize) -> std::ops::Range<usize> {
+    fn valid(&self, axis: usize, offset: usize) -> Range<usize> {
         let (size, s, pad) = (self.input[axis], self.stride[axis], self.pad_begin[axis]);
         let hi = (size + pad).saturating_sub(offset).div_ceil(s);
         let lo = pad.saturating_sub(offset).div_ceil(s);
@@ -82,34 +85,25 @@ impl Patches {
     }
 }
 
-/// Fills `cols` (`[C_in·k_h·k_w, H_out·W_out]`, row-major) with the patches of one image
-/// `image` (`[C_in, H, W]`); every entry is written, so `cols` may hold anything before.
-pub fn im2col(image: &[f32], p: &Patches, cols: &mut [f32]) {
-    let (plane, n, [_, ow]) = (p.input[0] * p.input[1], p.columns(), p.output);
-    assert_eq!(
-        image.len(),
-        p.channels * plane,
-        "im2col: the image is not [C, H, W]"
-    );
-    assert_eq!(
-        cols.len(),
-        p.rows() * n,
-        "im2col: the patch matrix has the wrong size"
-    );
+/// Fills `cols` (`[C_in·k_h·k_w, (y₁ − y₀)·W_out]`, row-major) with the patches of output rows
+/// `out_rows` = y₀..y₁ of one image `image` (`[C_in, H, W]`); every entry is written, so `cols`
+/// may hold anything before. `0..H_out` gives the whole patch matrix.
+pub fn im2col(image: &[f32], p: &Patches, out_rows: Range<usize>, cols: &mut [f32]) {
+    let (plane, ow, y0) = (p.input[0] * p.input[1], p.output[1], out_rows.start);
+    let n = check_sizes(p, image.len(), &out_rows, cols.len());
     for (r, row) in cols.chunks_mut(n).enumerate() {
         let channel = &image[r / (p.kernel[0] * p.kernel[1]) * plane..][..plane];
         // Zero what lies outside the image (only the borders, for the usual paddings).
-        let (i, j) = p.offsets(r);
-        let (ys, xs) = (p.valid(0, i), p.valid(1, j));
-        if xs.is_empty() {
+        let ys = intersect(p.valid(0, p.offsets(r).0), &out_rows);
+        if p.valid(1, p.offsets(r).1).is_empty() || ys.is_empty() {
             row.fill(0.0);
             continue;
         }
-        row[..ys.start * ow].fill(0.0);
-        row[ys.end * ow..].fill(0.0);
-        for_each_segment(p, r, |y_src, x_src, y, xs| {
+        row[..(ys.start - y0) * ow].fill(0.0);
+        row[(ys.end - y0) * ow..].fill(0.0);
+        for_each_segment(p, r, &out_rows, |y_src, x_src, y, xs| {
             let src = &channel[y_src * p.input[1]..][..p.input[1]];
-            let segment = &mut row[y * ow..][..ow];
+            let segment = &mut row[(y - y0) * ow..][..ow];
             segment[..xs.start].fill(0.0);
             segment[xs.end..].fill(0.0);
             gather(&mut segment[xs], src, x_src, p.stride[1]);
@@ -117,40 +111,57 @@ pub fn im2col(image: &[f32], p: &Patches, cols: &mut [f32]) {
     }
 }
 
-/// The adjoint of [`im2col`]: adds every entry of one image's patch matrix `cols` onto the
-/// pixel of `image` (`[C_in, H, W]`) it was copied from (the input gradient of a convolution
-/// from its patch gradient).
-pub fn col2im(cols: &[f32], p: &Patches, image: &mut [f32]) {
-    let (plane, n, [_, ow]) = (p.input[0] * p.input[1], p.columns(), p.output);
-    assert_eq!(
-        image.len(),
-        p.channels * plane,
-        "col2im: the image is not [C, H, W]"
-    );
-    assert_eq!(
-        cols.len(),
-        p.rows() * n,
-        "col2im: the patch matrix has the wrong size"
-    );
+/// The adjoint of [`im2col`]: adds every entry of the patch matrix `cols` of output rows
+/// `out_rows` onto the pixel of `image` (`[C_in, H, W]`) it was copied from (the input gradient
+/// of a convolution from its patch gradient).
+pub fn col2im(cols: &[f32], p: &Patches, out_rows: Range<usize>, image: &mut [f32]) {
+    let (plane, ow, y0) = (p.input[0] * p.input[1], p.output[1], out_rows.start);
+    let n = check_sizes(p, image.len(), &out_rows, cols.len());
     for (r, row) in cols.chunks(n).enumerate() {
         let channel = &mut image[r / (p.kernel[0] * p.kernel[1]) * plane..][..plane];
-        for_each_segment(p, r, |y_src, x_src, y, xs| {
+        for_each_segment(p, r, &out_rows, |y_src, x_src, y, xs| {
             let dst = &mut channel[y_src * p.input[1]..][..p.input[1]];
-            scatter_add(dst, &row[y * ow..][xs], x_src, p.stride[1]);
+            scatter_add(dst, &row[(y - y0) * ow..][xs], x_src, p.stride[1]);
         });
     }
 }
 
+/// Checks an image and a patch matrix of `out_rows` against `p`; returns the matrix's row length.
+fn check_sizes(p: &Patches, image: usize, out_rows: &Range<usize>, cols: usize) -> usize {
+    assert_eq!(
+        image,
+        p.channels * p.input[0] * p.input[1],
+        "the image is not [C, H, W]"
+    );
+    assert!(
+        out_rows.start <= out_rows.end && out_rows.end <= p.output[0],
+        "output rows {out_rows:?} out of range"
+    );
+    let n = out_rows.len() * p.output[1];
+    assert_eq!(cols, p.rows() * n, "the patch matrix has the wrong size");
+    n
+}
+
+fn intersect(a: Range<usize>, b: &Range<usize>) -> Range<usize> {
+    let (start, end) = (a.start.max(b.start), a.end.min(b.end));
+    start.min(end)..end
+}
+
 /// Calls `f(input row, first input column, output row, output columns)` for every output row
-/// of patch row `r` (kernel offset (r / k_w mod k_h, r mod k_w)) that reads inside the image.
-fn for_each_segment(p: &Patches, r: usize, mut f: impl FnMut(usize, usize, usize, std::ops::Range<usize>)) {
+/// in `out_rows` of patch row `r` that reads inside the image.
+fn for_each_segment(
+    p: &Patches,
+    r: usize,
+    out_rows: &Range<usize>,
+    mut f: impl FnMut(usize, usize, usize, Range<usize>),
+) {
     let (i, j) = p.offsets(r);
     let xs = p.valid(1, j);
     if xs.is_empty() {
         return;
     }
     let x_first = p.source(1, xs.start, j);
-    for y in p.valid(0, i) {
+    for y in intersect(p.valid(0, i), out_rows) {
         f(p.source(0, y, i), x_first, y, xs.clone());
     }
 }
@@ -240,7 +251,7 @@ mod tests {
         let n = p.rows() * p.columns();
         let mut out = vec![f32::NAN; p.batch * n];
         for (cols, image) in out.chunks_mut(n).zip(x.chunks(image)) {
-            im2col(image, p, cols);
+            im2col(image, p, 0..p.output[0], cols);
         }
         out
     }
@@ -249,7 +260,7 @@ mod tests {
         let image = p.channels * p.input[0] * p.input[1];
         let mut out = vec![0.0; p.batch * image];
         for (image, cols) in out.chunks_mut(image).zip(cols.chunks(p.rows() * p.columns())) {
-            col2im(cols, p, image);
+            col2im(cols, p, 0..p.output[0], image);
         }
         out
     }
@@ -266,6 +277,37 @@ mod tests {
                 (lhs - rhs).abs() < 1e-4 * lhs.abs().max(1.0),
                 "{p:?}: {lhs} vs {rhs}"
             );
+        }
+    }
+
+    /// Bands of output rows are the matching columns of the whole patch matrix, and their
+    /// col2im contributions add up to the whole one's.
+    #[test]
+    fn bands_of_output_rows_make_up_the_whole() {
+        for p in cases() {
+            let image_len = p.channels * p.input[0] * p.input[1];
+            let x = values(image_len, 0.5);
+            let single = Patches { batch: 1, ..p };
+            let whole = batch_im2col(&x, &single);
+            let (oh, ow, n) = (p.output[0], p.output[1], p.columns());
+            let mut summed = vec![0.0; image_len];
+            for band in [0..1.min(oh), 1.min(oh)..oh] {
+                let width = band.len() * ow;
+                let mut cols = vec![f32::NAN; p.rows() * width];
+                im2col(&x, &single, band.clone(), &mut cols);
+                for (r, row) in
+                    cols.chunks(width.max(1))
+                        .enumerate()
+                        .take(if width == 0 { 0 } else { p.rows() })
+                {
+                    assert_eq!(row, &whole[r * n + band.start * ow..][..width], "{p:?} {band:?}");
+                }
+                col2im(&cols, &single, band, &mut summed);
+            }
+            let all = batch_col2im(&whole, &single);
+            for (a, b) in summed.iter().zip(&all) {
+                assert!((a - b).abs() < 1e-5, "{p:?}");
+            }
         }
     }
 

@@ -19,10 +19,15 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 }
 
 /// The group norm (then SiLU if `silu`) through the kernels, or `None` where they do not apply
-/// (another backend or dtype, no affine parameters, fewer than three dimensions).
+/// (another backend or dtype, no affine parameters, fewer than three or empty dimensions).
 pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) -> Option<Tensor<D>> {
     let (gamma, beta) = (norm.gamma.as_ref()?.val(), norm.beta.as_ref()?.val());
-    let fits = D >= 3 && x.dims()[1] == norm.num_channels && norm.num_channels.is_multiple_of(norm.num_groups);
+    let dims = x.dims();
+    let fits = D >= 3
+        && dims.iter().all(|&d| d > 0)
+        && dims[1] == norm.num_channels
+        && norm.num_groups > 0
+        && norm.num_channels.is_multiple_of(norm.num_groups);
     if !fits || !on_flex(&x) || !on_flex(&gamma) || !on_flex(&beta) {
         return None;
     }
@@ -41,11 +46,12 @@ pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) ->
 }
 
 /// The convolution through the kernels, or `None` where they do not apply (another backend or
-/// dtype, groups, dilation, padding that depends on the input size): burn's then.
+/// dtype, groups, dilation, padding that depends on the input size, empty sizes, stride 0).
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
     let weight = conv.weight.val();
-    let plain = conv.groups == 1 && conv.dilation == [1, 1];
-    if !plain || !on_flex(&x) || !on_flex(&weight) {
+    let plain = conv.groups == 1 && conv.dilation == [1, 1] && !conv.stride.contains(&0);
+    let sizes = x.dims().into_iter().chain(weight.dims()).all(|d| d > 0);
+    if !plain || !sizes || !on_flex(&x) || !on_flex(&weight) {
         return None;
     }
     let [c_out, c_in, kh, kw] = weight.dims();
@@ -53,12 +59,20 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
     if p.channels != c_in {
         return None;
     }
-    let y = <Dispatch as CpuKernels>::patch_conv2d(x.into_dispatch(), weight.into_dispatch(), p);
-    let y = Tensor::<4>::from_dispatch(y);
-    Some(match &conv.bias {
-        Some(bias) => y + bias.val().reshape([1, c_out, 1, 1]),
-        None => y,
-    })
+    let bias = match &conv.bias {
+        Some(bias) => bias.val(),
+        None => Tensor::zeros([c_out], &x.device()),
+    };
+    if !on_flex(&bias) {
+        return None;
+    }
+    let y = <Dispatch as CpuKernels>::patch_conv2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        p,
+    );
+    Some(Tensor::from_dispatch(y))
 }
 
 /// The padding as (top, bottom), (left, right), unless it depends on the input (`Same`).
