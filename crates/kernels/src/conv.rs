@@ -228,30 +228,23 @@ mod tests {
     /// groups, the GEMM never splits its inner dimension).
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                cases()
-                    .into_iter()
-                    .map(|(p, c_out)| {
-                        let x = values(p.batch * image_len(&p), 0.5);
-                        let w = values(c_out * p.rows(), 2.0);
-                        let g = values(p.batch * c_out * p.columns(), 4.0);
-                        let bias = values(c_out, 9.0);
-                        [
-                            conv2d(&x, &w, &bias, &p),
-                            conv2d_input_grad(&w, &g, &p, c_out),
-                            conv2d_weight_grad(&x, &g, &p, c_out),
-                            conv2d_bias_grad(&g, &p, c_out),
-                        ]
-                    })
-                    .collect::<Vec<_>>()
-            })
-        };
-        assert_eq!(run(1), run(3));
+        crate::assert_independent_of_threads(|| {
+            cases()
+                .into_iter()
+                .map(|(p, c_out)| {
+                    let x = values(p.batch * image_len(&p), 0.5);
+                    let w = values(c_out * p.rows(), 2.0);
+                    let g = values(p.batch * c_out * p.columns(), 4.0);
+                    let bias = values(c_out, 9.0);
+                    [
+                        conv2d(&x, &w, &bias, &p),
+                        conv2d_input_grad(&w, &g, &p, c_out),
+                        conv2d_weight_grad(&x, &g, &p, c_out),
+                        conv2d_bias_grad(&g, &p, c_out),
+                    ]
+                })
+                .collect::<Vec<_>>()
+        });
     }
 
     #[test]

@@ -179,7 +179,8 @@ impl CpuKernels for Flex {
 }
 
 /// burn's options for the same convolution (for the differentiable fallbacks below).
-fn options(p: &Patches, kernel: [usize; 2]) -> ConvOptions<2> {
+fn options(p: &Patches, weight: &Shape) -> ConvOptions<2> {
+    let kernel = [weight[2], weight[3]];
     let end = |axis: usize| {
         let span = (p.output[axis] - 1) * p.stride[axis] + kernel[axis];
         span.saturating_sub(p.input[axis] + p.pad_begin[axis])
@@ -244,8 +245,8 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         grad: FloatTensor<Self>,
         p: Patches,
     ) -> FloatTensor<Self> {
-        let kernel = [weight.shape()[2], weight.shape()[3]];
-        Self::conv2d_x_backward(x, weight, grad, options(&p, kernel))
+        let options = options(&p, &weight.shape());
+        Self::conv2d_x_backward(x, weight, grad, options)
     }
 
     /// As [`CpuKernels::patch_conv2d_input_grad`].
@@ -255,8 +256,8 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         grad: FloatTensor<Self>,
         p: Patches,
     ) -> FloatTensor<Self> {
-        let kernel = [weight.shape()[2], weight.shape()[3]];
-        Self::conv2d_weight_backward(x, weight, grad, options(&p, kernel))
+        let options = options(&p, &weight.shape());
+        Self::conv2d_weight_backward(x, weight, grad, options)
     }
 
     fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {

@@ -104,3 +104,15 @@ pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     }
     burn::tensor::activation::silu(x)
 }
+
+#[cfg(test)]
+/// Asserts that `f` computes the same values in a rayon pool of one thread as in one of three.
+pub(crate) fn assert_independent_of_threads<R: Send + PartialEq + std::fmt::Debug>(
+    f: impl Fn() -> R + Send + Sync,
+) {
+    let run = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+        pool.expect("a rayon pool").install(&f)
+    };
+    assert_eq!(run(1), run(3));
+}

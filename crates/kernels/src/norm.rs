@@ -215,25 +215,18 @@ mod tests {
     /// The same values with one thread as with three.
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let run = |threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            pool.install(|| {
-                cases()
-                    .into_iter()
-                    .map(|(l, spec)| {
-                        let x = values(l.batch * l.channels * l.positions, 0.5, 2.0);
-                        let (gamma, beta) = (values(l.channels, 3.0, 1.0), values(l.channels, 7.0, 0.5));
-                        let dy = values(x.len(), 11.0, 1.0);
-                        let (dx, dgamma, dbeta) = group_norm_backward(&x, &gamma, &beta, &dy, l, spec);
-                        [group_norm(&x, &gamma, &beta, l, spec), dx, dgamma, dbeta]
-                    })
-                    .collect::<Vec<_>>()
-            })
-        };
-        assert_eq!(run(1), run(3));
+        crate::assert_independent_of_threads(|| {
+            cases()
+                .into_iter()
+                .map(|(l, spec)| {
+                    let x = values(l.batch * l.channels * l.positions, 0.5, 2.0);
+                    let (gamma, beta) = (values(l.channels, 3.0, 1.0), values(l.channels, 7.0, 0.5));
+                    let dy = values(x.len(), 11.0, 1.0);
+                    let (dx, dgamma, dbeta) = group_norm_backward(&x, &gamma, &beta, &dy, l, spec);
+                    [group_norm(&x, &gamma, &beta, l, spec), dx, dgamma, dbeta]
+                })
+                .collect::<Vec<_>>()
+        });
     }
 
     /// The gradients against central differences of the f64 definition of ⟨y, ∂y⟩.
