@@ -237,8 +237,9 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
 
     /// burn's differentiable convolution gradient. The gradient operations of this impl are
     /// differentiable compositions so that a gradient could itself be differentiated; burn 0.22
-    /// does not differentiate a backward pass, so no code path reaches them today (the backward
-    /// passes above call the inner backend's kernels).
+    /// does not differentiate a backward pass, so no training path reaches them today (the
+    /// backward passes above call the inner backend's kernels); the tests below hold them equal
+    /// to the kernels.
     fn patch_conv2d_input_grad(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -365,4 +366,96 @@ fn silu_slope<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     let one_minus_s = B::float_add_scalar(B::float_neg(s.clone()), 1.0f64.into());
     let slope = B::float_add_scalar(B::float_mul(x, one_minus_s), 1.0f64.into());
     B::float_mul(s, slope)
+}
+
+#[cfg(test)]
+mod tests {
+    //! The gradient operations of the autodiff impl (differentiable compositions of burn's
+    //! operations, not reached by a training step) against the flex kernels on the same inputs.
+
+    use burn::backend::{Dispatch, DispatchTensor};
+    use burn::tensor::{Device, Distribution, Tensor};
+
+    use super::*;
+
+    /// The same random values on flex and on flex with autodiff.
+    fn pair<const D: usize>(shape: [usize; D], seed: u64) -> [DispatchTensor; 2] {
+        let device = Device::flex();
+        device.seed(seed);
+        let t = Tensor::<D>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let on_autodiff = Tensor::<D>::from_data(t.to_data(), &device.clone().autodiff());
+        [t.into_dispatch(), on_autodiff.into_dispatch()]
+    }
+
+    fn close(a: DispatchTensor, b: DispatchTensor, what: &str) {
+        let values = |t: DispatchTensor| {
+            let n = t.shape().num_elements();
+            let t = Tensor::<1>::from_dispatch(Dispatch::float_reshape(t, Shape::new([n])));
+            t.to_data().try_to_vec::<f32>().unwrap()
+        };
+        let (a, b) = (values(a), values(b));
+        assert_eq!(a.len(), b.len(), "{what}");
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() / y.abs().max(1.0))
+            .fold(0.0, f32::max);
+        assert!(
+            err < 1e-4,
+            "{what}: the autodiff fallback differs from the kernel by {err:e}"
+        );
+    }
+
+    #[test]
+    fn convolution_gradient_fallbacks_match_the_kernels() {
+        // Stride 2 and unequal padding whose end rows and columns are used (1 of each), so that
+        // the end padding `options` reconstructs matters.
+        let p = Patches::new([2, 3, 7, 6], [3, 2], [2, 1], [(1, 1), (2, 1)]).unwrap();
+        let [x, x_ad] = pair([2, 3, 7, 6], 1);
+        let [w, w_ad] = pair([4, 3, 3, 2], 2);
+        let [g, g_ad] = pair([2, 4, p.output[0], p.output[1]], 3);
+        let (kernel, fallback) = (
+            <Dispatch as CpuKernels>::patch_conv2d_input_grad(x.clone(), w.clone(), g.clone(), p),
+            <Dispatch as CpuKernels>::patch_conv2d_input_grad(x_ad.clone(), w_ad.clone(), g_ad.clone(), p),
+        );
+        close(fallback, kernel, "∂x");
+        let (kernel, fallback) = (
+            <Dispatch as CpuKernels>::patch_conv2d_weight_grad(x, w, g.clone(), p),
+            <Dispatch as CpuKernels>::patch_conv2d_weight_grad(x_ad, w_ad, g_ad.clone(), p),
+        );
+        close(fallback, kernel, "∂w");
+        let (kernel, fallback) = (
+            <Dispatch as CpuKernels>::patch_conv2d_bias_grad(g, p),
+            <Dispatch as CpuKernels>::patch_conv2d_bias_grad(g_ad, p),
+        );
+        close(fallback, kernel, "∂b");
+    }
+
+    #[test]
+    fn group_norm_and_silu_gradient_fallbacks_match_the_kernels() {
+        for silu in [false, true] {
+            let spec = GroupNormSpec {
+                groups: 2,
+                epsilon: 1e-5,
+                silu,
+            };
+            let [x, x_ad] = pair([3, 4, 5, 6], 4);
+            let [gamma, gamma_ad] = pair([4], 5);
+            let [beta, beta_ad] = pair([4], 6);
+            let [g, g_ad] = pair([3, 4, 5, 6], 7);
+            let kernel = <Dispatch as CpuKernels>::group_norm_backward(x, gamma, beta, g, spec);
+            let fallback = <Dispatch as CpuKernels>::group_norm_backward(x_ad, gamma_ad, beta_ad, g_ad, spec);
+            close(fallback.0, kernel.0, "∂x");
+            close(fallback.1, kernel.1, "∂γ");
+            close(fallback.2, kernel.2, "∂β");
+        }
+        let [x, x_ad] = pair([200], 8);
+        let [g, g_ad] = pair([200], 9);
+        let kernel = <Dispatch as CpuKernels>::silu_backward(x, g);
+        close(
+            <Dispatch as CpuKernels>::silu_backward(x_ad, g_ad),
+            kernel,
+            "silu'",
+        );
+    }
 }
