@@ -19,6 +19,8 @@ Venv:  python3 -m venv /work/venv && /work/venv/bin/pip install torch diffusers
        (optional: timm, and a checkout of facebookresearch/DiT for --dit-repo)
 Run:   cargo build --release --workspace
        /work/venv/bin/python bench/compare_pytorch.py --threads 2 --rounds 3 --out bench/results.json
+GPU:   python3 bench/compare_pytorch.py --backend wgpu --device cuda --iters 10 --warmup 3
+       (PyTorch computes in strict f32 unless --tf32, as ours does; bench/gpu.sh runs it on a GPU machine)
 """
 
 import argparse
@@ -75,17 +77,24 @@ def forward_flops(model, fwd, batch):
     return counter.get_total_flops() / batch
 
 
-def inputs(batch):
+def inputs(batch, device="cpu"):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, 3, 32, 32, generator=g)
     t = torch.randint(0, 1000, (batch,), generator=g)
     y = torch.randint(0, 10, (batch,), generator=g)
-    return x, t, y
+    return x.to(device), t.to(device), y.to(device)
 
 
-def torch_times(kind, what, batch, iters, warmup, dit_repo):
+def sync(device):
+    """Waits for queued GPU work, so that a host clock times the step, not its launch."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def torch_times(kind, what, batch, iters, warmup, dit_repo, device):
     model, fwd = unet() if kind == "unet" else dit(dit_repo)
-    x, t, y = inputs(batch)
+    model.to(device)
+    x, t, y = inputs(batch, device)
     if what == "train":
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -105,10 +114,12 @@ def torch_times(kind, what, batch, iters, warmup, dit_repo):
                 fwd(x, t, y)
     for _ in range(warmup):
         step()
+    sync(device)
     times = []
     for _ in range(iters):
         start = time.perf_counter()
         step()
+        sync(device)
         times.append(time.perf_counter() - start)
     return times
 
@@ -135,13 +146,19 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--cases", nargs="+", default=list(CASES))
     ap.add_argument("--dit-repo", default=None, help="a checkout of facebookresearch/DiT (default: diffusers' DiT)")
+    ap.add_argument("--device", default="cpu", help="PyTorch's device: cpu, or cuda (pair with --backend wgpu|cuda)")
+    ap.add_argument("--tf32", action="store_true",
+                    help="let cuDNN and cuBLAS use TF32 for f32 work (off by default: ours computes in f32)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
     torch.manual_seed(0)
 
     flops = {"unet": forward_flops(*unet(), 2), "dit": forward_flops(*dit(args.dit_repo), 2)}
-    print(f"PyTorch {torch.__version__}, {args.threads} threads; FlopCounterMode forward GFLOP/image: "
+    where = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"{args.threads} threads"
+    print(f"PyTorch {torch.__version__} on {where} (ours: --backend {args.backend}); FlopCounterMode forward GFLOP/image: "
           f"U-Net {flops['unet'] / 1e9:.2f}, DiT-S/2 {flops['dit'] / 1e9:.2f}", flush=True)
     results = {}
     for name in args.cases:
@@ -154,7 +171,7 @@ def main():
                     rec = our_times(args.binary, kind, what, batch, args.iters, args.warmup, args.threads, args.backend)
                     ours.append(rec["median_s"])
                 else:
-                    t = torch_times(kind, what, batch, args.iters, args.warmup, args.dit_repo)
+                    t = torch_times(kind, what, batch, args.iters, args.warmup, args.dit_repo, args.device)
                     theirs.append(statistics.median(t))
             print(f"  {name} round {r + 1}: ours {ours[-1]:.3f} s, PyTorch {theirs[-1]:.3f} s", flush=True)
         o, p = statistics.median(ours), statistics.median(theirs)
@@ -164,7 +181,8 @@ def main():
         print(f"{name}: ours {o:.3f} s/step, PyTorch {p:.3f} s/step, ours / PyTorch = {o / p:.2f} "
               f"({gflop / o:.0f} vs {gflop / p:.0f} GFLOP/s)", flush=True)
     meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), torch=torch.__version__,
-                threads=args.threads, backend=args.backend, iters=args.iters, rounds=args.rounds,
+                threads=args.threads, backend=args.backend, torch_device=args.device, tf32=args.tf32,
+                gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None, iters=args.iters, rounds=args.rounds,
                 forward_gflop_per_image={k: v / 1e9 for k, v in flops.items()})
     if args.out:
         with open(args.out, "w") as f:

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The GPU checks, as one script for a lent GPU machine with no network and no Rust toolchain:
+# the dense-kernel ceiling on wgpu, the U-Net and DiT steps on wgpu against PyTorch CUDA
+# (bench/compare_pytorch.py), then the integration and CLI test suites on wgpu.
+#
+# Prepare on the build machine (x86-64), from the repository root:
+#   cargo build --release --workspace --all-targets
+#   scripts/pack-gpu.sh            # stripped test binaries and the CLI into .dev/bin.tar.xz
+# and carry .dev (and .gl with the Vulkan loader, .whl with diffusers) to the GPU machine.
+# Each step has its own time limit so that a slow one cannot eat the others; logs go to $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-/tmp/gpu-out}"
+mkdir -p "$OUT"
+step() { printf '\n== %s (%s)\n' "$1" "$(date -u +%H:%M:%S)"; }
+
+step "setup"
+if [ -d .gl ]; then for f in .gl/*.deb; do dpkg -x "$f" /; done; ldconfig; fi
+icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+[ -f "$icd" ] && export VK_DRIVER_FILES="$icd"
+if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH=/tmp/site
+fi
+# The test binaries name their fixtures and the CLI by the build machine's absolute paths.
+root="$(pwd)"
+built_at="${BUILT_AT:-/work/main}"
+if [ "$root" != "$built_at" ] && [ ! -e "$built_at" ]; then mkdir -p "$(dirname "$built_at")" && ln -s "$root" "$built_at"; fi
+bin=target/release
+if [ -f .dev/bin.tar.xz ]; then
+    mkdir -p /tmp/gpu-bin && tar xJf .dev/bin.tar.xz -C /tmp/gpu-bin
+    bin=/tmp/gpu-bin/bin
+    mkdir -p target/release && cp "$bin/diffusion" target/release/diffusion
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+export XDG_RUNTIME_DIR=/tmp
+
+step "dense-kernel ceiling on wgpu"
+timeout 45 "$bin/diffusion" bench matmul --size 4096 --iters 10 --backend wgpu 2>&1 | tee "$OUT/matmul.log"
+python3 - <<'EOF' 2>&1 | tee -a "$OUT/matmul.log"
+import time, torch
+for tf32 in (False, True):
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    a, b = torch.randn(4096, 4096, device="cuda"), torch.randn(4096, 4096, device="cuda")
+    for _ in range(3): a @ b
+    torch.cuda.synchronize(); t = time.perf_counter()
+    for _ in range(20): a @ b
+    torch.cuda.synchronize(); s = (time.perf_counter() - t) / 20
+    print(f"PyTorch 4096^2 f32 matmul (tf32={tf32}): {s * 1e3:.2f} ms, {2 * 4096**3 / s / 1e12:.1f} TFLOP/s")
+EOF
+
+step "U-Net and DiT steps: wgpu against PyTorch CUDA"
+timeout "${COMPARE_S:-200}" python3 bench/compare_pytorch.py --binary "$bin/diffusion" --backend wgpu --device cuda \
+    --iters 10 --warmup 3 --rounds 1 --out "$OUT/compare.json" 2>&1 | tee "$OUT/compare.log"
+
+step "integration tests on wgpu"
+DIFFUSION_BACKEND=wgpu timeout "${TESTS_S:-210}" "$bin/integration" 2>&1 | tee "$OUT/tests-integration.log" | tail -n 40
+step "CLI tests on wgpu"
+DIFFUSION_BACKEND=wgpu timeout "${CLI_S:-90}" "$bin/cli" 2>&1 | tee "$OUT/tests-cli.log" | tail -n 20
+step "done"

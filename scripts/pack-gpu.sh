@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Packs what bench/gpu.sh runs on a GPU machine without a Rust toolchain: the integration and
+# CLI test binaries and the `diffusion` CLI, stripped and compressed into .dev/bin.tar.xz
+# (about 33 MB). Run after `cargo build --release --workspace --all-targets`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
+stage="$(mktemp -d)"
+mkdir -p "$stage/bin" .dev
+cargo test --release --workspace --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] \
+            and m["target"]["name"] in ("integration", "cli"):
+        print(m["target"]["name"], m["executable"])' \
+    | while read -r name exe; do strip -o "$stage/bin/$name" "$exe"; done
+strip -o "$stage/bin/diffusion" "$target/release/diffusion"
+tar cf - -C "$stage" bin | xz -9e -T2 > .dev/bin.tar.xz
+rm -rf "$stage"
+ls -l .dev/bin.tar.xz
