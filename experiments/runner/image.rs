@@ -764,6 +764,7 @@ pub(crate) fn train_config(cfg: &ImageConfig, steps: usize, lr: f64) -> TrainCon
 /// one error line on failure.
 pub fn image_main(name: &'static str, about: &'static str, config: &str) {
     use clap::{Args, Command, FromArgMatches};
+    diffusion_kernels::keep_freed_memory();
     let matches = ImageArgs::augment_args(Command::new(name))
         .about(about)
         .get_matches();

@@ -281,6 +281,7 @@ mod evaluate;
 mod model_sample;
 
 fn main() -> ExitCode {
+    diffusion_kernels::keep_freed_memory();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

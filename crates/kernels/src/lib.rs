@@ -14,7 +14,9 @@
 //!   [`conv`]), built in a buffer each thread reuses; its gradients are matrix products too;
 //! - group norm, alone or followed by SiLU, works on one (image, group) block at a time while
 //!   it is in cache: statistics and output forward, two sweeps backward ([`norm`]);
-//! - SiLU runs in parallel chunks with a vectorised exponential ([`mod@silu`]).
+//! - SiLU runs in parallel chunks with a vectorised exponential ([`mod@silu`]);
+//! - [`keep_freed_memory`] stops glibc's allocator from unmapping large freed blocks, whose
+//!   pages the kernel would zero again on reuse (for every backend on the CPU).
 //!
 //! [`conv2d`], [`group_norm`], [`group_norm_silu`] and [`silu()`] take these paths for f32
 //! tensors on flex devices (with or without autodiff) when the `flex` feature is on, and
@@ -24,6 +26,7 @@
 pub mod conv;
 mod gemm;
 mod lanes;
+mod memory;
 pub mod norm;
 pub mod patches;
 pub mod silu;
@@ -37,6 +40,7 @@ use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
+pub use memory::keep_freed_memory;
 pub use norm::GroupNormSpec;
 pub use patches::Patches;
 
