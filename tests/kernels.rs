@@ -137,6 +137,25 @@ fn silu_values_and_gradients_match_burn() {
 }
 
 #[test]
+fn gelu_tanh_values_and_gradients_match_burn() {
+    let ad = device().autodiff();
+    let points: Vec<f32> = (-400..=400).map(|k| k as f32 * 0.05).collect();
+    let n = points.len();
+    let x = Tensor::<1>::from_floats(points.as_slice(), &ad)
+        .reshape([1, n])
+        .require_grad();
+    let weights = Tensor::<2>::random([1, n], Distribution::Normal(0.0, 1.0), &ad);
+    let ours = diffusion_kernels::gelu_tanh(x.clone());
+    let reference = burn::tensor::activation::gelu_approximate(x.clone());
+    // burn's ½ x (1 + tanh u) cancels in f32 where tanh u → −1 (x ≲ −3), so the values are
+    // compared absolutely (the kernel's own test compares relatively, against f64).
+    assert_close_floor("gelu", &values(&ours), &values(&reference), 1e-6, 1.0);
+    let ours_grad = x.grad(&(ours * weights.clone()).sum().backward()).unwrap();
+    let reference_grad = x.grad(&(reference * weights).sum().backward()).unwrap();
+    assert_close_floor("gelu'", &values(&ours_grad), &values(&reference_grad), 1e-5, 1.0);
+}
+
+#[test]
 fn group_norm_values_and_gradients_match_burn() {
     let ad = device().autodiff();
     // (groups, channels, input shape): the U-Nets' 32 groups, one channel per group, one group,
@@ -208,4 +227,100 @@ fn compare_norm<const D: usize>(
     );
     let (ours, reference) = (run(ours.unwrap_or_else(burn)), run(burn()));
     (ours, reference)
+}
+
+/// burn's attention operation on `[B, H, tokens, d]` views of token-major projections.
+fn burn_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+    let [b, n, c] = q.dims();
+    let split = |t: Tensor<3>| {
+        let len = t.dims()[1];
+        t.reshape([b, len, heads, c / heads]).swap_dims(1, 2)
+    };
+    let o = burn::tensor::module::attention(
+        split(q),
+        split(k),
+        split(v),
+        None,
+        None,
+        burn::tensor::ops::AttentionModuleOptions::default(),
+    );
+    o.swap_dims(1, 2).reshape([b, n, c])
+}
+
+#[test]
+fn attention_values_and_gradients_match_burn() {
+    let ad = device().autodiff();
+    // (batch, queries, keys, width, heads): self-attention with two heads, cross-attention to
+    // a shorter context with one head, DiT-like heads of width 4, one query token.
+    let cases = [
+        (2, 6, 6, 8, 2),
+        (3, 7, 4, 6, 1),
+        (2, 9, 9, 12, 3),
+        (2, 1, 5, 4, 2),
+    ];
+    for (b, n, l, c, heads) in cases {
+        let what = format!("B {b}, N {n}, L {l}, C {c}, {heads} heads");
+        let normal =
+            |shape: [usize; 3], scale: f64| Tensor::<3>::random(shape, Distribution::Normal(0.0, scale), &ad);
+        // Queries as a transposed view, so that the kernels' copy of views is exercised.
+        let qt = normal([b, c, n], 1.5).require_grad();
+        let (k, v) = (
+            normal([b, l, c], 1.5).require_grad(),
+            normal([b, l, c], 1.0).require_grad(),
+        );
+        let inputs = || (qt.clone().swap_dims(1, 2), k.clone(), v.clone());
+        let (q1, k1, v1) = inputs();
+        let ours = diffusion_kernels::try_attention(q1, k1, v1, heads);
+        assert_eq!(
+            ours.is_some(),
+            on_flex(),
+            "{what}: the kernels take f32 on flex only"
+        );
+        let (q1, k1, v1) = inputs();
+        let ours = ours.unwrap_or_else(|| diffusion_kernels::attention(q1, k1, v1, heads));
+        let (q2, k2, v2) = inputs();
+        let reference = burn_attention(q2, k2, v2, heads);
+        assert_eq!(ours.dims(), [b, n, c]);
+        assert_close_floor(
+            &format!("attention {what}"),
+            &values(&ours),
+            &values(&reference),
+            1e-5,
+            1.0,
+        );
+
+        let g = normal([b, n, c], 1.0);
+        let ours_grads = (ours * g.clone()).sum().backward();
+        let reference_grads = (reference * g).sum().backward();
+        let pairs = [
+            ("∂q", qt.grad(&ours_grads), qt.grad(&reference_grads)),
+            ("∂k", k.grad(&ours_grads), k.grad(&reference_grads)),
+            ("∂v", v.grad(&ours_grads), v.grad(&reference_grads)),
+        ];
+        for (name, a, r) in pairs {
+            assert_close_floor(
+                &format!("{name} {what}"),
+                &values(&a.unwrap()),
+                &values(&r.unwrap()),
+                1e-4,
+                1.0,
+            );
+        }
+    }
+    // Without autodiff (sampling), the same function.
+    let plain = device();
+    let t = |seed: u64| {
+        plain.seed(seed);
+        Tensor::<3>::random([2, 5, 6], Distribution::Normal(0.0, 1.0), &plain)
+    };
+    let (q, k, v) = (t(1), t(2), t(3));
+    let ours = diffusion_kernels::attention(q.clone(), k.clone(), v.clone(), 3);
+    let reference = burn_attention(q, k, v, 3);
+    assert_close_floor(
+        "attention without autodiff",
+        &values(&ours),
+        &values(&reference),
+        1e-5,
+        1.0,
+    );
 }

@@ -1,6 +1,8 @@
-//! Multi-head attention (Vaswani et al. 2017) as the diffusion backbones use it, on burn's
-//! fused attention op (flash / memory-efficient kernels where the backend has them, so the
-//! N×N score matrix of a 16×16 feature map is not materialised in inference):
+//! Multi-head attention (Vaswani et al. 2017) as the diffusion backbones use it, through
+//! `diffusion_kernels::attention` (on flex, a kernel that keeps one head's scores at a time in
+//! training too; elsewhere burn's fused attention op, flash / memory-efficient kernels where the
+//! backend has them, so the N×N score matrix of a 16×16 feature map is not materialised in
+//! inference):
 //!
 //! - [`Attention`]: q from x, k and v from x or a context sequence, `heads` heads of width
 //!   d = C/heads, softmax(q kᵀ/√d) v, an output projection;
@@ -10,8 +12,6 @@
 
 use burn::module::Module;
 use burn::nn::{GroupNorm, Linear};
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::init::SeededInit;
@@ -68,16 +68,11 @@ impl Attention {
 
     /// Attends from `x` (`[B, N, C]`) to `context` (`[B, L, C_ctx]`, or `x` itself).
     pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
-        let [b, n, c] = x.dims();
         let context = context.unwrap_or_else(|| x.clone());
-        let [_, l, _] = context.dims();
-        let d = c / self.heads;
-        let split = |t: Tensor<3>, len: usize| t.reshape([b, len, self.heads, d]).swap_dims(1, 2);
-        let q = split(self.to_q.forward(x), n);
-        let k = split(self.to_k.forward(context.clone()), l);
-        let v = split(self.to_v.forward(context), l);
-        let o = attention(q, k, v, None, None, AttentionModuleOptions::default());
-        self.to_out.forward(o.swap_dims(1, 2).reshape([b, n, c]))
+        let q = self.to_q.forward(x);
+        let (k, v) = (self.to_k.forward(context.clone()), self.to_v.forward(context));
+        self.to_out
+            .forward(diffusion_kernels::attention(q, k, v, self.heads))
     }
 }
 

@@ -46,12 +46,8 @@ pub fn from_tokens(x: Tensor<3>, h: usize, w: usize) -> Tensor<4> {
 
 /// GELU with the tanh approximation (Hendrycks & Gimpel 2016; PyTorch's
 /// `gelu(approximate="tanh")`): ½ x (1 + tanh(√(2/π) (x + 0.044715 x³))), computed as
-/// x · sigmoid(2√(2/π) (x + 0.044715 x³)), the same function, since ½ (1 + tanh u) = sigmoid(2u).
-/// One sigmoid and three products instead of a scalar `powf` and `tanh` per element: a fifth
-/// of a DiT-S/2 training step on flex went to those two (docs/performance.md).
+/// x · sigmoid(2√(2/π) (x + 0.044715 x³)), the same function, since ½ (1 + tanh u) = sigmoid(2u):
+/// `diffusion_kernels::gelu_tanh`, one pass forward and one backward on flex.
 pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    let k = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
-    let cubic = x.clone() * x.clone() * x.clone();
-    let u = (x.clone() + cubic.mul_scalar(0.044715)).mul_scalar(k);
-    x * burn::tensor::activation::sigmoid(u)
+    diffusion_kernels::gelu_tanh(x)
 }

@@ -6,13 +6,14 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::backend::ops::{ActivationOps, ConvOptions, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
-use burn::backend::{Autodiff, Backend, Flex, TensorMetadata, backend_extension};
+use burn::backend::{Autodiff, AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{Shape, TensorData};
 use burn_flex::FlexTensor;
 
+use crate::attention::{self, AttentionSpec};
 use crate::norm::{self, GroupNormSpec, Layout};
 use crate::patches::Patches;
-use crate::{conv, silu};
+use crate::{conv, gelu, silu};
 
 /// The operations that the flex backend runs with this crate's kernels. Arguments are f32
 /// tensors (the wrappers in the crate root route nothing else here); the convolution takes
@@ -46,6 +47,10 @@ pub trait CpuKernels: Backend {
     fn silu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// grad · σ(x) (1 + x (1 − σ(x))): the gradient of `silu` at x.
     fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// GELU with the tanh approximation.
+    fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self>;
+    /// grad · gelu'(x): the gradient of `gelu_tanh` at x.
+    fn gelu_tanh_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self>;
     /// Group norm of `[B, C, ...]` with affine parameters `[C]`, SiLU after it if `spec.silu`.
     fn group_norm(
         x: FloatTensor<Self>,
@@ -60,6 +65,24 @@ pub trait CpuKernels: Backend {
         beta: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         spec: GroupNormSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// Multi-head attention of token-major queries `[B, N, H·d]`, keys and values `[B, L, H·d]`:
+    /// the output `[B, N, H·d]` and the log-sum-exp of each head's scaled scores `[B, H, N]`.
+    fn token_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        spec: AttentionSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>);
+    /// (∂q, ∂k, ∂v) of `token_attention` from its output `o`, its log-sum-exp and ∂O.
+    fn token_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        spec: AttentionSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -144,6 +167,19 @@ impl CpuKernels for Flex {
         )
     }
 
+    fn gelu_tanh(x: FlexTensor) -> FlexTensor {
+        let shape = x.layout().shape().to_vec();
+        from_vec(with_f32(&x, gelu::gelu_tanh), shape)
+    }
+
+    fn gelu_tanh_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        let shape = x.layout().shape().to_vec();
+        from_vec(
+            with_f32(&x, |x| with_f32(&grad, |g| gelu::gelu_tanh_backward(x, g))),
+            shape,
+        )
+    }
+
     fn group_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, spec: GroupNormSpec) -> FlexTensor {
         let (l, shape) = (layout(&x), x.layout().shape().to_vec());
         let y = with_f32(&x, |x| {
@@ -175,6 +211,49 @@ impl CpuKernels for Flex {
             from_vec(dgamma, channels.clone()),
             from_vec(dbeta, channels),
         )
+    }
+
+    fn token_attention(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        spec: AttentionSpec,
+    ) -> (FlexTensor, FlexTensor) {
+        let shape = q.layout().shape().to_vec();
+        let (o, lse) = with_f32(&q, |q| {
+            with_f32(&k, |k| with_f32(&v, |v| attention::attention(q, k, v, &spec)))
+        });
+        (
+            from_vec(o, shape),
+            from_vec(lse, vec![spec.batch, spec.heads, spec.queries]),
+        )
+    }
+
+    fn token_attention_backward(
+        q: FlexTensor,
+        k: FlexTensor,
+        v: FlexTensor,
+        o: FlexTensor,
+        lse: FlexTensor,
+        grad: FlexTensor,
+        spec: AttentionSpec,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shapes = [&q, &k, &v].map(|t| t.layout().shape().to_vec());
+        let (dq, dk, dv) = with_f32(&q, |q| {
+            with_f32(&k, |k| {
+                with_f32(&v, |v| {
+                    with_f32(&o, |o| {
+                        with_f32(&lse, |lse| {
+                            with_f32(&grad, |g| {
+                                attention::attention_backward(q, k, v, o, lse, g, &spec)
+                            })
+                        })
+                    })
+                })
+            })
+        });
+        let [sq, sk, sv] = shapes;
+        (from_vec(dq, sq), from_vec(dk, sk), from_vec(dv, sv))
     }
 }
 
@@ -279,6 +358,47 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         }
     }
 
+    fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct GeluTanh;
+        impl<B: Backend + CpuKernels> Backward<B, 1> for GeluTanh {
+            type State = B::FloatTensorPrimitive;
+            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let x = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::gelu_tanh_backward(x, grad)
+                });
+            }
+        }
+        let node = x.node();
+        let x = x.into_primitive();
+        match GeluTanh.prepare::<C>([node]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(x.clone(), B::gelu_tanh(x)),
+            OpsKind::UnTracked(prep) => prep.finish(B::gelu_tanh(x)),
+        }
+    }
+
+    /// The derivative of [`gelu`](crate::gelu) composed of differentiable operations (not
+    /// reached today: see [`CpuKernels::patch_conv2d_input_grad`] of this impl).
+    fn gelu_tanh_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        // With s = σ(z), z = k (x + c x³): gelu' = s + x s (1 − s) k (1 + 3 c x²).
+        let (k, c) = (2.0 * (2.0 / std::f64::consts::PI).sqrt(), 0.044715);
+        let x2 = Self::float_mul(x.clone(), x.clone());
+        let cubic = Self::float_mul(x2.clone(), x.clone());
+        let z = Self::float_mul_scalar(
+            Self::float_add(x.clone(), Self::float_mul_scalar(cubic, c.into())),
+            k.into(),
+        );
+        let s = <Self as ActivationOps<Self>>::sigmoid(z);
+        let one_minus_s = Self::float_add_scalar(Self::float_neg(s.clone()), 1.0f64.into());
+        let dz = Self::float_mul_scalar(
+            Self::float_add_scalar(Self::float_mul_scalar(x2, (3.0 * c).into()), 1.0f64.into()),
+            k.into(),
+        );
+        let tail = Self::float_mul(Self::float_mul(x, Self::float_mul(s.clone(), one_minus_s)), dz);
+        Self::float_mul(grad, Self::float_add(s, tail))
+    }
+
     fn group_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -357,6 +477,75 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
     /// Composed of differentiable operations, so that second derivatives flow through it.
     fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         Self::float_mul(grad, silu_slope::<Self>(x))
+    }
+
+    fn token_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        spec: AttentionSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        #[derive(Debug)]
+        struct Attention;
+        impl<B: Backend + CpuKernels> Backward<B, 3> for Attention {
+            type State = ([B::FloatTensorPrimitive; 5], AttentionSpec);
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let ([q, k, v, o, lse], spec) = ops.state;
+                let (dq, dk, dv) = B::token_attention_backward(q, k, v, o, lse, grad, spec);
+                for (node, grad) in ops.parents.into_iter().zip([dq, dk, dv]) {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+        let nodes = [q.node(), k.node(), v.node()];
+        let [q, k, v] = [q, k, v].map(|t| t.into_primitive());
+        let (o, lse) = B::token_attention(q.clone(), k.clone(), v.clone(), spec);
+        // The log-sum-exp is a by-product for the backward pass: a constant to autodiff.
+        let lse_out = <Self as AutodiffBackend>::from_inner(lse.clone());
+        let o = match Attention.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish(([q, k, v, o.clone(), lse], spec), o),
+            OpsKind::UnTracked(prep) => prep.finish(o),
+        };
+        (o, lse_out)
+    }
+
+    /// The formulas of [`attention`](crate::attention) composed of differentiable operations on
+    /// `[B, H, tokens, d]` views (not reached today: see [`CpuKernels::patch_conv2d_input_grad`]
+    /// of this impl).
+    fn token_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        o: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        spec: AttentionSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (b, h, d) = (spec.batch, spec.heads, spec.head_dim);
+        let heads = |t: FloatTensor<Self>| {
+            let n = t.shape()[1];
+            Self::float_swap_dims(Self::float_reshape(t, Shape::new([b, n, h, d])), 1, 2)
+        };
+        let tokens = |t: FloatTensor<Self>| {
+            let n = t.shape()[2];
+            Self::float_reshape(Self::float_swap_dims(t, 1, 2), Shape::new([b, n, h * d]))
+        };
+        let t = |x: FloatTensor<Self>| Self::float_swap_dims(x, 2, 3);
+        let scale = 1.0 / (d as f64).sqrt();
+        let (q, k, v, o, g) = (heads(q), heads(k), heads(v), heads(o), heads(grad));
+        let scores = Self::float_mul_scalar(Self::float_matmul(q.clone(), t(k.clone())), scale.into());
+        let lse = Self::float_reshape(lse, Shape::new([b, h, spec.queries, 1]));
+        let p = Self::float_exp(Self::float_sub(scores, lse));
+        let dv = Self::float_matmul(t(p.clone()), g.clone());
+        let dp = Self::float_matmul(g.clone(), t(v));
+        let row = Self::float_sum_dim(Self::float_mul(g, o), 3);
+        let ds = Self::float_mul_scalar(Self::float_mul(p, Self::float_sub(dp, row)), scale.into());
+        let dq = Self::float_matmul(ds.clone(), k);
+        let dk = Self::float_matmul(t(ds), q);
+        (tokens(dq), tokens(dk), tokens(dv))
     }
 }
 
@@ -451,11 +640,43 @@ mod tests {
         }
         let [x, x_ad] = pair([200], 8);
         let [g, g_ad] = pair([200], 9);
-        let kernel = <Dispatch as CpuKernels>::silu_backward(x, g);
+        let kernel = <Dispatch as CpuKernels>::silu_backward(x.clone(), g.clone());
         close(
-            <Dispatch as CpuKernels>::silu_backward(x_ad, g_ad),
+            <Dispatch as CpuKernels>::silu_backward(x_ad.clone(), g_ad.clone()),
             kernel,
             "silu'",
         );
+        let kernel = <Dispatch as CpuKernels>::gelu_tanh_backward(x, g);
+        close(
+            <Dispatch as CpuKernels>::gelu_tanh_backward(x_ad, g_ad),
+            kernel,
+            "gelu'",
+        );
+    }
+
+    #[test]
+    fn attention_gradient_fallback_matches_the_kernel() {
+        let spec = AttentionSpec {
+            batch: 2,
+            queries: 3,
+            keys: 4,
+            heads: 2,
+            head_dim: 3,
+        };
+        let [q, q_ad] = pair([2, 3, 6], 10);
+        let [k, k_ad] = pair([2, 4, 6], 11);
+        let [v, v_ad] = pair([2, 4, 6], 12);
+        let [g, g_ad] = pair([2, 3, 6], 13);
+        let (o, lse) = <Dispatch as CpuKernels>::token_attention(q.clone(), k.clone(), v.clone(), spec);
+        let (o_ad, lse_ad) =
+            <Dispatch as CpuKernels>::token_attention(q_ad.clone(), k_ad.clone(), v_ad.clone(), spec);
+        close(o_ad.clone(), o.clone(), "attention output");
+        close(lse_ad.clone(), lse.clone(), "log-sum-exp");
+        let kernel = <Dispatch as CpuKernels>::token_attention_backward(q, k, v, o, lse, g, spec);
+        let fallback =
+            <Dispatch as CpuKernels>::token_attention_backward(q_ad, k_ad, v_ad, o_ad, lse_ad, g_ad, spec);
+        close(fallback.0, kernel.0, "∂q");
+        close(fallback.1, kernel.1, "∂k");
+        close(fallback.2, kernel.2, "∂v");
     }
 }

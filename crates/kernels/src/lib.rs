@@ -14,16 +14,24 @@
 //!   [`conv`]), built in a buffer each thread reuses; its gradients are matrix products too;
 //! - group norm, alone or followed by SiLU, works on one (image, group) block at a time while
 //!   it is in cache: statistics and output forward, two sweeps backward ([`norm`]);
-//! - SiLU runs in parallel chunks with a vectorised exponential ([`mod@silu`]);
+//! - SiLU and GELU run in parallel chunks with a vectorised exponential ([`mod@silu`],
+//!   [`mod@gelu`]);
+//! - multi-head attention reads each head as a strided view of the projections and keeps one
+//!   head's scores at a time, recomputing them in the backward pass from the log-sum-exp
+//!   ([`mod@attention`]); burn's autodiff composes it from products and a softmax whose
+//!   B·H·N·L intermediates it keeps;
 //! - [`keep_freed_memory`] stops glibc's allocator from unmapping large freed blocks, whose
 //!   pages the kernel would zero again on reuse (for every backend on the CPU).
 //!
-//! [`conv2d`], [`group_norm`], [`group_norm_silu`] and [`silu()`] take these paths for f32
+//! [`conv2d`], [`group_norm`], [`group_norm_silu`], [`silu()`], [`gelu_tanh()`] and [`attention()`] take these paths for f32
 //! tensors on flex devices (with or without autodiff) when the `flex` feature is on, and
 //! burn's own operations everywhere else, so a model computes the same function on every
 //! backend ([`applies_to`] says which).
 
+pub mod attention;
 pub mod conv;
+mod elementwise;
+pub mod gelu;
 mod gemm;
 mod lanes;
 mod memory;
@@ -40,6 +48,7 @@ use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
+pub use attention::AttentionSpec;
 pub use memory::keep_freed_memory;
 pub use norm::GroupNormSpec;
 pub use patches::Patches;
@@ -98,6 +107,64 @@ pub fn applies_to<const D: usize>(x: &Tensor<D>) -> bool {
         let _ = x;
         false
     }
+}
+
+/// Multi-head attention softmax(q kᵀ/√d) v of token-major projections: queries `q`
+/// `[B, N, C]`, keys `k` and values `v` `[B, L, C]`, `heads` heads of width d = C / heads, head h
+/// in columns h·d..(h+1)·d; the output is `[B, N, C]`, heads in the same columns. Through the
+/// kernels where [`try_attention`] takes it, else burn's fused attention operation.
+///
+/// # Panics
+/// If `heads` does not divide C or the shapes do not pair up (as burn's operations would).
+pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+    try_attention(q.clone(), k.clone(), v.clone(), heads).unwrap_or_else(|| burn_attention(q, k, v, heads))
+}
+
+/// The attention through the kernels: `Some` for f32 tensors on flex (with the `flex` feature)
+/// of non-empty, matching shapes whose width `heads` divides; `None` otherwise.
+pub fn try_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Option<Tensor<3>> {
+    #[cfg(feature = "flex")]
+    return route::attention(q, k, v, heads);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (q, k, v, heads);
+        None
+    }
+}
+
+/// [`attention()`] by burn's attention operation on `[B, H, tokens, d]` views.
+fn burn_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+    use burn::tensor::module::attention;
+    use burn::tensor::ops::AttentionModuleOptions;
+    let [b, n, c] = q.dims();
+    let d = c / heads;
+    let split = |t: Tensor<3>| {
+        let len = t.dims()[1];
+        t.reshape([b, len, heads, d]).swap_dims(1, 2)
+    };
+    let o = attention(
+        split(q),
+        split(k),
+        split(v),
+        None,
+        None,
+        AttentionModuleOptions::default(),
+    );
+    o.swap_dims(1, 2).reshape([b, n, c])
+}
+
+/// GELU with the tanh approximation, x σ(2√(2/π) (x + 0.044715 x³)) (PyTorch's
+/// `gelu(approximate="tanh")`, the MLP activation of DiT): the [`mod@gelu`] kernel for f32 on
+/// flex, the same formula composed of burn's operations elsewhere.
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if route::on_flex(&x) {
+        return route::gelu_tanh(x);
+    }
+    let k = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
+    let cubic = x.clone() * x.clone() * x.clone();
+    let z = (x.clone() + cubic.mul_scalar(0.044715)).mul_scalar(k);
+    x * burn::tensor::activation::sigmoid(z)
 }
 
 /// SiLU, x · σ(x) (`burn::tensor::activation::silu`).

@@ -57,6 +57,9 @@ mod tests {
         // below the 64 MiB of a thread's heap) would fault at least 24 times (2 MiB pages), 12288
         // times with 4 KiB pages; kept, it faults not at all.
         let faults = minor_faults().unwrap() - before;
-        assert!(faults < 8, "48 MiB freed and allocated again 3 times: {faults} page faults");
+        assert!(
+            faults < 8,
+            "48 MiB freed and allocated again 3 times: {faults} page faults"
+        );
     }
 }

@@ -5,6 +5,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, PaddingConfig2d};
 use burn::tensor::{DType, Tensor};
 
+use crate::attention::AttentionSpec;
 use crate::extension::CpuKernels;
 use crate::norm::GroupNormSpec;
 use crate::patches::Patches;
@@ -16,6 +17,10 @@ pub fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
 
 pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as CpuKernels>::silu(x.into_dispatch()))
+}
+
+pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as CpuKernels>::gelu_tanh(x.into_dispatch()))
 }
 
 /// The group norm (then SiLU if `silu`) through the kernels, or `None` where they do not apply
@@ -82,4 +87,32 @@ fn explicit_padding(padding: &PaddingConfig2d) -> Option<[(usize, usize); 2]> {
         PaddingConfig2d::Explicit(top, left, bottom, right) => Some([(*top, *bottom), (*left, *right)]),
         _ => None,
     }
+}
+
+/// Multi-head attention through the kernels, or `None` where they do not apply (another backend
+/// or dtype, empty sizes, a width that `heads` does not divide, shapes that do not pair up).
+pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Option<Tensor<3>> {
+    let ([b, n, c], [bk, l, ck]) = (q.dims(), k.dims());
+    let fits = heads > 0
+        && c.is_multiple_of(heads)
+        && (bk, ck) == (b, c)
+        && v.dims() == k.dims()
+        && [b, n, c, l].iter().all(|&d| d > 0);
+    if !fits || !on_flex(&q) || !on_flex(&k) || !on_flex(&v) {
+        return None;
+    }
+    let spec = AttentionSpec {
+        batch: b,
+        queries: n,
+        keys: l,
+        heads,
+        head_dim: c / heads,
+    };
+    let (o, _) = <Dispatch as CpuKernels>::token_attention(
+        q.into_dispatch(),
+        k.into_dispatch(),
+        v.into_dispatch(),
+        spec,
+    );
+    Some(Tensor::from_dispatch(o))
 }
