@@ -29,7 +29,16 @@ def cases(n):
         norm(32, 32),
         norm(96, 32),
         (f"SiLU, 32 ch, 32×32", (n, 32, 32, 32), F.silu),
+        ("attention, 256 tokens, 6 heads of 64", (n, 1, 256, 384), attention),
+        ("GELU (tanh), 256 tokens × 1536", (n, 1, 256, 1536), lambda x: F.gelu(x, approximate="tanh")),
     ]
+
+
+def attention(x):
+    """Self-attention of x [B, 1, 256, 384] in 6 heads, as DiT-S/2's (no projections)."""
+    b = x.shape[0]
+    h = x.view(b, 256, 6, 64).transpose(1, 2)
+    return F.scaled_dot_product_attention(h, h, h).transpose(1, 2).reshape(b, 1, 256, 384)
 
 
 def main():

@@ -42,9 +42,9 @@ enum BenchKind {
     /// An n × n matrix product: the backend's dense-kernel throughput, the ceiling of the
     /// convolutions and linear layers.
     Matmul(MatmulBench),
-    /// The layers diffusion-kernels computes on flex (convolutions, group norm + SiLU, SiLU),
-    /// forward and backward, through its kernels and through burn's own operations, at the
-    /// sizes of the CPU U-Net of `shapes`.
+    /// The layers diffusion-kernels computes on flex, forward and backward, through its kernels
+    /// and through burn's own operations: convolutions, group norm + SiLU and SiLU at the sizes
+    /// of the CPU U-Net of `shapes`, attention and GELU at DiT-S/2's.
     Kernels(KernelBench),
 }
 
@@ -189,6 +189,27 @@ fn kernel_cases(n: usize, device: &Device) -> Vec<KernelCase> {
         burn: Box::new(silu),
         kernels: Box::new(diffusion_kernels::silu),
     };
+    // DiT-S/2's layers on 32×32 images: 256 tokens of width 384 in 6 heads, and the MLP's
+    // 1536-wide GELU. The inputs are `[B, 1, tokens, width]`; attention attends x to itself.
+    let (tokens, width) = (256, 384);
+    let attention_case = KernelCase {
+        name: format!("attention, {tokens} tokens, 6 heads of 64"),
+        shape: [n, 1, tokens, width],
+        burn: Box::new(move |x| {
+            let x: Tensor<3> = x.reshape([n, tokens, width]);
+            burn_attention(x.clone(), x.clone(), x, 6).reshape([n, 1, tokens, width])
+        }),
+        kernels: Box::new(move |x| {
+            let x: Tensor<3> = x.reshape([n, tokens, width]);
+            diffusion_kernels::attention(x.clone(), x.clone(), x, 6).reshape([n, 1, tokens, width])
+        }),
+    };
+    let gelu_case = KernelCase {
+        name: format!("GELU (tanh), {tokens} tokens × 1536"),
+        shape: [n, 1, tokens, 1536],
+        burn: Box::new(gelu_tanh_composed),
+        kernels: Box::new(diffusion_kernels::gelu_tanh),
+    };
     vec![
         conv(32, 32, 32, 1),
         conv(64, 64, 16, 1),
@@ -197,7 +218,32 @@ fn kernel_cases(n: usize, device: &Device) -> Vec<KernelCase> {
         norm(32, 32),
         norm(96, 32),
         silu_case(32, 32),
+        attention_case,
+        gelu_case,
     ]
+}
+
+/// burn's attention operation on `[B, H, tokens, d]` views (what the backbones ran before).
+fn burn_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+    let [b, n, c] = q.dims();
+    let split = |t: Tensor<3>| t.reshape([b, n, heads, c / heads]).swap_dims(1, 2);
+    let o = burn::tensor::module::attention(
+        split(q),
+        split(k),
+        split(v),
+        None,
+        None,
+        burn::tensor::ops::AttentionModuleOptions::default(),
+    );
+    o.swap_dims(1, 2).reshape([b, n, c])
+}
+
+/// GELU-tanh as x σ(2√(2/π)(x + 0.044715 x³)) from burn's operations (what DiT ran before).
+fn gelu_tanh_composed(x: Tensor<4>) -> Tensor<4> {
+    let k = 2.0 * (2.0 / std::f64::consts::PI).sqrt();
+    let cubic = x.clone() * x.clone() * x.clone();
+    let z = (x.clone() + cubic.mul_scalar(0.044715)).mul_scalar(k);
+    x * burn::tensor::activation::sigmoid(z)
 }
 
 fn kernel_bench(b: &KernelBench) -> Result<()> {
