@@ -324,3 +324,50 @@ fn attention_values_and_gradients_match_burn() {
         1.0,
     );
 }
+
+#[test]
+fn modulated_layer_norm_values_and_gradients_match_burn() {
+    let ad = device().autodiff();
+    let (b, n, d) = (3, 5, 12);
+    let x = Tensor::<3>::random([b, n, d], Distribution::Normal(2.0, 3.0), &ad).require_grad();
+    let shift = Tensor::<2>::random([b, d], Distribution::Normal(0.0, 1.0), &ad).require_grad();
+    let scale = Tensor::<2>::random([b, d], Distribution::Normal(0.0, 0.5), &ad).require_grad();
+    let ours = diffusion_kernels::modulated_layer_norm(x.clone(), shift.clone(), scale.clone(), 1e-6);
+    // burn's layer norm (mean and biased variance over the last axis), then x̂ (1 + scale) + shift.
+    let centred = x.clone() - x.clone().mean_dim(2);
+    let xhat = centred.clone() / centred.square().mean_dim(2).add_scalar(1e-6).sqrt();
+    let reference =
+        xhat * scale.clone().reshape([b, 1, d]).add_scalar(1.0) + shift.clone().reshape([b, 1, d]);
+    assert_close_floor(
+        "modulated layer norm",
+        &values(&ours),
+        &values(&reference),
+        1e-5,
+        1.0,
+    );
+    let g = Tensor::<3>::random([b, n, d], Distribution::Normal(0.0, 1.0), &ad);
+    let ours_grads = (ours * g.clone()).sum().backward();
+    let reference_grads = (reference * g).sum().backward();
+    let grad = |t: &Tensor<2>, grads| values(&t.grad(grads).unwrap());
+    assert_close_floor(
+        "∂x",
+        &values(&x.grad(&ours_grads).unwrap()),
+        &values(&x.grad(&reference_grads).unwrap()),
+        1e-4,
+        1.0,
+    );
+    assert_close_floor(
+        "∂shift",
+        &grad(&shift, &ours_grads),
+        &grad(&shift, &reference_grads),
+        1e-5,
+        1.0,
+    );
+    assert_close_floor(
+        "∂scale",
+        &grad(&scale, &ours_grads),
+        &grad(&scale, &reference_grads),
+        1e-5,
+        1.0,
+    );
+}

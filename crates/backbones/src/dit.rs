@@ -15,7 +15,7 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use diffusion_kernels::{conv2d, silu};
+use diffusion_kernels::{conv2d, modulated_layer_norm, silu};
 use serde::{Deserialize, Serialize};
 
 use crate::attention::Attention;
@@ -298,19 +298,6 @@ pub struct DiT {
     shape: Shape,
 }
 
-/// LayerNorm without affine parameters over the last dimension.
-fn layer_norm(x: Tensor<3>, eps: f64) -> Tensor<3> {
-    let centred = x.clone() - x.mean_dim(2);
-    let var = centred.clone().square().mean_dim(2);
-    centred / var.add_scalar(eps).sqrt()
-}
-
-/// x (1 + scale) + shift with per-sample `[B, D]` scale and shift.
-fn modulate(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>) -> Tensor<3> {
-    let [b, d] = shift.dims();
-    x * scale.reshape([b, 1, d]).add_scalar(1.0) + shift.reshape([b, 1, d])
-}
-
 /// The 2-D sin-cos table `[G², D]`: token i·G + j gets [E(j) | E(i)] (column, then row), with
 /// E(pos) = [sin(pos ω_k) | cos(pos ω_k)], ω_k = 10000^(−k/(D/4)) (MAE; Peebles & Xie).
 pub fn sincos_position_table(grid: usize, dim: usize) -> Vec<f32> {
@@ -430,12 +417,12 @@ impl DiT {
             let chunk = |i: usize| m.clone().slice([0..b, i * d..(i + 1) * d]);
             let (shift_msa, scale_msa, gate_msa) = (chunk(0), chunk(1), chunk(2));
             let (shift_mlp, scale_mlp, gate_mlp) = (chunk(3), chunk(4), chunk(5));
-            let n = modulate(layer_norm(h.clone(), 1e-6), shift_msa, scale_msa);
+            let n = modulated_layer_norm(h.clone(), shift_msa, scale_msa, 1e-6);
             h = h + block.attn1.forward(n, None) * gate_msa.reshape([b, 1, d]);
             if let (Some(attn2), Some(ctx)) = (&block.attn2, &context) {
                 h = h.clone() + attn2.forward(h, Some(ctx.clone()));
             }
-            let n = modulate(layer_norm(h.clone(), s.mlp_norm_eps), shift_mlp, scale_mlp);
+            let n = modulated_layer_norm(h.clone(), shift_mlp, scale_mlp, s.mlp_norm_eps);
             let mlp = block
                 .ff
                 .out
@@ -446,7 +433,7 @@ impl DiT {
         let (shift, scale) = (m.clone().slice([0..b, 0..d]), m.slice([0..b, d..2 * d]));
         let h = self
             .proj_out_2
-            .forward(modulate(layer_norm(h, 1e-6), shift, scale));
+            .forward(modulated_layer_norm(h, shift, scale, 1e-6));
         // Unpatchify: token (i, j), within it (r, s, c) → out[c, i p + r, j p + s].
         h.reshape([b, g, g, p, p, s.out_channels])
             .permute([0, 5, 1, 3, 2, 4])

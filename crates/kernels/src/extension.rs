@@ -11,6 +11,7 @@ use burn::tensor::{Shape, TensorData};
 use burn_flex::FlexTensor;
 
 use crate::attention::{self, AttentionSpec};
+use crate::layer_norm::{self, LayerNormSpec};
 use crate::norm::{self, GroupNormSpec, Layout};
 use crate::patches::Patches;
 use crate::{conv, gelu, silu};
@@ -65,6 +66,22 @@ pub trait CpuKernels: Backend {
         beta: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         spec: GroupNormSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// Layer norm of `[B, N, D]` over D, modulated per image: x̂ (1 + scale) + shift with shift
+    /// and scale `[B, D]`.
+    fn modulated_layer_norm(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        spec: LayerNormSpec,
+    ) -> FloatTensor<Self>;
+    /// (∂x, ∂shift, ∂scale) of `modulated_layer_norm` from ∂y.
+    fn modulated_layer_norm_backward(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        spec: LayerNormSpec,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
     /// Multi-head attention of token-major queries `[B, N, H·d]`, keys and values `[B, L, H·d]`:
     /// the output `[B, N, H·d]` and the log-sum-exp of each head's scaled scores `[B, H, N]`.
@@ -210,6 +227,44 @@ impl CpuKernels for Flex {
             from_vec(dx, shape),
             from_vec(dgamma, channels.clone()),
             from_vec(dbeta, channels),
+        )
+    }
+
+    fn modulated_layer_norm(
+        x: FlexTensor,
+        shift: FlexTensor,
+        scale: FlexTensor,
+        spec: LayerNormSpec,
+    ) -> FlexTensor {
+        let shape = x.layout().shape().to_vec();
+        let y = with_f32(&x, |x| {
+            with_f32(&shift, |sh| {
+                with_f32(&scale, |sc| layer_norm::modulated_layer_norm(x, sh, sc, &spec))
+            })
+        });
+        from_vec(y, shape)
+    }
+
+    fn modulated_layer_norm_backward(
+        x: FlexTensor,
+        _: FlexTensor,
+        scale: FlexTensor,
+        grad: FlexTensor,
+        spec: LayerNormSpec,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let shape = x.layout().shape().to_vec();
+        let (dx, dshift, dscale) = with_f32(&x, |x| {
+            with_f32(&scale, |sc| {
+                with_f32(&grad, |g| {
+                    layer_norm::modulated_layer_norm_backward(x, sc, g, &spec)
+                })
+            })
+        });
+        let per_image = vec![spec.batch, spec.features];
+        (
+            from_vec(dx, shape),
+            from_vec(dshift, per_image.clone()),
+            from_vec(dscale, per_image),
         )
     }
 
@@ -479,6 +534,63 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         Self::float_mul(grad, silu_slope::<Self>(x))
     }
 
+    fn modulated_layer_norm(
+        x: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        spec: LayerNormSpec,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct ModulatedLayerNorm;
+        impl<B: Backend + CpuKernels> Backward<B, 3> for ModulatedLayerNorm {
+            type State = ([B::FloatTensorPrimitive; 3], LayerNormSpec);
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let grad = grads.consume::<B>(&ops.node);
+                let ([x, shift, scale], spec) = ops.state;
+                let (dx, dshift, dscale) = B::modulated_layer_norm_backward(x, shift, scale, grad, spec);
+                for (node, grad) in ops.parents.into_iter().zip([dx, dshift, dscale]) {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, grad);
+                    }
+                }
+            }
+        }
+        let nodes = [x.node(), shift.node(), scale.node()];
+        let inputs = [x.into_primitive(), shift.into_primitive(), scale.into_primitive()];
+        let run =
+            |[x, shift, scale]: [B::FloatTensorPrimitive; 3]| B::modulated_layer_norm(x, shift, scale, spec);
+        match ModulatedLayerNorm.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((inputs.clone(), spec), run(inputs)),
+            OpsKind::UnTracked(prep) => prep.finish(run(inputs)),
+        }
+    }
+
+    /// The formulas of [`layer_norm`](crate::layer_norm) composed of differentiable operations
+    /// (not reached today: see [`CpuKernels::patch_conv2d_input_grad`] of this impl).
+    fn modulated_layer_norm_backward(
+        x: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        spec: LayerNormSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let (b, d) = (spec.batch, spec.features);
+        let centred = Self::float_sub(x.clone(), Self::float_mean_dim(x, 2));
+        let var = Self::float_mean_dim(Self::float_mul(centred.clone(), centred.clone()), 2);
+        let rstd = Self::float_recip(Self::float_sqrt(Self::float_add_scalar(var, spec.epsilon.into())));
+        let xhat = Self::float_mul(centred, rstd.clone());
+        let per_image = |t| Self::float_reshape(t, Shape::new([b, d]));
+        let token_sum = |t| per_image(Self::float_sum_dim(t, 1));
+        let dshift = token_sum(grad.clone());
+        let dscale = token_sum(Self::float_mul(grad.clone(), xhat.clone()));
+        let gain = Self::float_add_scalar(Self::float_reshape(scale, Shape::new([b, 1, d])), 1.0f64.into());
+        let dxhat = Self::float_mul(grad, gain);
+        let m1 = Self::float_mean_dim(dxhat.clone(), 2);
+        let m2 = Self::float_mean_dim(Self::float_mul(dxhat.clone(), xhat.clone()), 2);
+        let inner = Self::float_sub(Self::float_sub(dxhat, m1), Self::float_mul(xhat, m2));
+        (Self::float_mul(inner, rstd), dshift, dscale)
+    }
+
     fn token_attention(
         q: FloatTensor<Self>,
         k: FloatTensor<Self>,
@@ -678,5 +790,25 @@ mod tests {
         close(fallback.0, kernel.0, "∂q");
         close(fallback.1, kernel.1, "∂k");
         close(fallback.2, kernel.2, "∂v");
+    }
+
+    #[test]
+    fn layer_norm_gradient_fallback_matches_the_kernel() {
+        let spec = LayerNormSpec {
+            batch: 2,
+            tokens: 3,
+            features: 5,
+            epsilon: 1e-6,
+        };
+        let [x, x_ad] = pair([2, 3, 5], 14);
+        let [shift, shift_ad] = pair([2, 5], 15);
+        let [scale, scale_ad] = pair([2, 5], 16);
+        let [g, g_ad] = pair([2, 3, 5], 17);
+        let kernel = <Dispatch as CpuKernels>::modulated_layer_norm_backward(x, shift, scale, g, spec);
+        let fallback =
+            <Dispatch as CpuKernels>::modulated_layer_norm_backward(x_ad, shift_ad, scale_ad, g_ad, spec);
+        close(fallback.0, kernel.0, "∂x");
+        close(fallback.1, kernel.1, "∂shift");
+        close(fallback.2, kernel.2, "∂scale");
     }
 }

@@ -16,6 +16,8 @@
 //!   it is in cache: statistics and output forward, two sweeps backward ([`norm`]);
 //! - SiLU and GELU run in parallel chunks with a vectorised exponential ([`mod@silu`],
 //!   [`mod@gelu`]);
+//! - DiT's modulated layer norm, x̂ (1 + scale) + shift, one token at a time forward and
+//!   backward ([`mod@layer_norm`]);
 //! - multi-head attention reads each head as a strided view of the projections and keeps one
 //!   head's scores at a time, recomputing them in the backward pass from the log-sum-exp
 //!   ([`mod@attention`]); burn's autodiff composes it from products and a softmax whose
@@ -23,7 +25,7 @@
 //! - [`keep_freed_memory`] stops glibc's allocator from unmapping large freed blocks, whose
 //!   pages the kernel would zero again on reuse (for every backend on the CPU).
 //!
-//! [`conv2d`], [`group_norm`], [`group_norm_silu`], [`silu()`], [`gelu_tanh()`] and [`attention()`] take these paths for f32
+//! [`conv2d`], [`group_norm`], [`group_norm_silu`], [`silu()`], [`gelu_tanh()`], [`modulated_layer_norm`] and [`attention()`] take these paths for f32
 //! tensors on flex devices (with or without autodiff) when the `flex` feature is on, and
 //! burn's own operations everywhere else, so a model computes the same function on every
 //! backend ([`applies_to`] says which).
@@ -34,6 +36,7 @@ mod elementwise;
 pub mod gelu;
 mod gemm;
 mod lanes;
+pub mod layer_norm;
 mod memory;
 pub mod norm;
 pub mod patches;
@@ -49,6 +52,7 @@ use burn::nn::conv::Conv2d;
 use burn::tensor::Tensor;
 
 pub use attention::AttentionSpec;
+pub use layer_norm::LayerNormSpec;
 pub use memory::keep_freed_memory;
 pub use norm::GroupNormSpec;
 pub use patches::Patches;
@@ -107,6 +111,22 @@ pub fn applies_to<const D: usize>(x: &Tensor<D>) -> bool {
         let _ = x;
         false
     }
+}
+
+/// DiT's adaLN: the layer norm of `x` `[B, N, D]` over D without affine parameters,
+/// x̂ = (x − μ)/√(σ² + ε), modulated per image by `shift` and `scale` `[B, D]`:
+/// x̂ (1 + scale) + shift. The [`mod@layer_norm`] kernel for f32 on flex, burn's operations
+/// elsewhere.
+pub fn modulated_layer_norm(x: Tensor<3>, shift: Tensor<2>, scale: Tensor<2>, epsilon: f64) -> Tensor<3> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = route::modulated_layer_norm(x.clone(), shift.clone(), scale.clone(), epsilon) {
+        return y;
+    }
+    let [b, _, d] = x.dims();
+    let centred = x.clone() - x.mean_dim(2);
+    let var = centred.clone().square().mean_dim(2);
+    let xhat = centred / var.add_scalar(epsilon).sqrt();
+    xhat * scale.reshape([b, 1, d]).add_scalar(1.0) + shift.reshape([b, 1, d])
 }
 
 /// Multi-head attention softmax(q kᵀ/√d) v of token-major projections: queries `q`

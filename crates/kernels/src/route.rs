@@ -7,6 +7,7 @@ use burn::tensor::{DType, Tensor};
 
 use crate::attention::AttentionSpec;
 use crate::extension::CpuKernels;
+use crate::layer_norm::LayerNormSpec;
 use crate::norm::GroupNormSpec;
 use crate::patches::Patches;
 
@@ -115,4 +116,32 @@ pub fn attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Opti
         spec,
     );
     Some(Tensor::from_dispatch(o))
+}
+
+/// The modulated layer norm through the kernels, or `None` where they do not apply (another
+/// backend or dtype, empty sizes, shift or scale not `[B, D]`).
+pub fn modulated_layer_norm(
+    x: Tensor<3>,
+    shift: Tensor<2>,
+    scale: Tensor<2>,
+    epsilon: f64,
+) -> Option<Tensor<3>> {
+    let [b, n, d] = x.dims();
+    let fits = [b, n, d].iter().all(|&s| s > 0) && shift.dims() == [b, d] && scale.dims() == [b, d];
+    if !fits || !on_flex(&x) || !on_flex(&shift) || !on_flex(&scale) {
+        return None;
+    }
+    let spec = LayerNormSpec {
+        batch: b,
+        tokens: n,
+        features: d,
+        epsilon,
+    };
+    let y = <Dispatch as CpuKernels>::modulated_layer_norm(
+        x.into_dispatch(),
+        shift.into_dispatch(),
+        scale.into_dispatch(),
+        spec,
+    );
+    Some(Tensor::from_dispatch(y))
 }
