@@ -229,24 +229,6 @@ fn compare_norm<const D: usize>(
     (ours, reference)
 }
 
-/// burn's attention operation on `[B, H, tokens, d]` views of token-major projections.
-fn burn_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
-    let [b, n, c] = q.dims();
-    let split = |t: Tensor<3>| {
-        let len = t.dims()[1];
-        t.reshape([b, len, heads, c / heads]).swap_dims(1, 2)
-    };
-    let o = burn::tensor::module::attention(
-        split(q),
-        split(k),
-        split(v),
-        None,
-        None,
-        burn::tensor::ops::AttentionModuleOptions::default(),
-    );
-    o.swap_dims(1, 2).reshape([b, n, c])
-}
-
 #[test]
 fn attention_values_and_gradients_match_burn() {
     let ad = device().autodiff();
@@ -279,7 +261,7 @@ fn attention_values_and_gradients_match_burn() {
         let (q1, k1, v1) = inputs();
         let ours = ours.unwrap_or_else(|| diffusion_kernels::attention(q1, k1, v1, heads));
         let (q2, k2, v2) = inputs();
-        let reference = burn_attention(q2, k2, v2, heads);
+        let reference = diffusion_kernels::burn_attention(q2, k2, v2, heads);
         assert_eq!(ours.dims(), [b, n, c]);
         assert_close_floor(
             &format!("attention {what}"),
@@ -315,7 +297,7 @@ fn attention_values_and_gradients_match_burn() {
     };
     let (q, k, v) = (t(1), t(2), t(3));
     let ours = diffusion_kernels::attention(q.clone(), k.clone(), v.clone(), 3);
-    let reference = burn_attention(q, k, v, 3);
+    let reference = diffusion_kernels::burn_attention(q, k, v, 3);
     assert_close_floor(
         "attention without autodiff",
         &values(&ours),

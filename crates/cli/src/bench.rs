@@ -197,7 +197,7 @@ fn kernel_cases(n: usize, device: &Device) -> Vec<KernelCase> {
         shape: [n, 1, tokens, width],
         burn: Box::new(move |x| {
             let x: Tensor<3> = x.reshape([n, tokens, width]);
-            burn_attention(x.clone(), x.clone(), x, 6).reshape([n, 1, tokens, width])
+            diffusion_kernels::burn_attention(x.clone(), x.clone(), x, 6).reshape([n, 1, tokens, width])
         }),
         kernels: Box::new(move |x| {
             let x: Tensor<3> = x.reshape([n, tokens, width]);
@@ -221,21 +221,6 @@ fn kernel_cases(n: usize, device: &Device) -> Vec<KernelCase> {
         attention_case,
         gelu_case,
     ]
-}
-
-/// burn's attention operation on `[B, H, tokens, d]` views (what the backbones ran before).
-fn burn_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
-    let [b, n, c] = q.dims();
-    let split = |t: Tensor<3>| t.reshape([b, n, heads, c / heads]).swap_dims(1, 2);
-    let o = burn::tensor::module::attention(
-        split(q),
-        split(k),
-        split(v),
-        None,
-        None,
-        burn::tensor::ops::AttentionModuleOptions::default(),
-    );
-    o.swap_dims(1, 2).reshape([b, n, c])
 }
 
 /// GELU-tanh as x σ(2√(2/π)(x + 0.044715 x³)) from burn's operations (what DiT ran before).

@@ -235,38 +235,20 @@ mod tests {
         }
     }
 
-    /// ⟨∂O, O(x + εδ) − O(x − εδ)⟩ / 2ε against ⟨∂x, δ⟩ for each input x in turn (f64
-    /// reference forward, so the difference quotient is exact to ~1e-8).
+    /// Against finite differences of the f64 reference forward pass.
     #[test]
     fn gradients_match_finite_differences() {
         let s = SPEC;
-        let [q, k, v] = inputs(&s);
-        let (out, lse) = attention(&q, &k, &v, &s);
+        let inputs = inputs(&s);
+        let [q, k, v] = &inputs;
+        let (out, lse) = attention(q, k, v, &s);
         let grad = values(out.len(), 2.31);
-        let grads = attention_backward(&q, &k, &v, &out, &lse, &grad, &s);
-        let eps = 1e-3;
-        for (which, analytic) in [&grads.0, &grads.1, &grads.2].into_iter().enumerate() {
-            let delta = values(analytic.len(), 0.53 + which as f32);
-            let shifted = |sign: f32| {
-                let mut x = [q.clone(), k.clone(), v.clone()];
-                x[which]
-                    .iter_mut()
-                    .zip(&delta)
-                    .for_each(|(x, d)| *x += sign * eps * d);
-                let (o, _) = reference(&x[0], &x[1], &x[2], &s);
-                o.iter().zip(&grad).map(|(o, g)| o * *g as f64).sum::<f64>()
-            };
-            let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
-            let exact: f64 = analytic
-                .iter()
-                .zip(&delta)
-                .map(|(a, d)| *a as f64 * *d as f64)
-                .sum();
-            assert!(
-                (numeric - exact).abs() < 2e-3 * numeric.abs().max(1.0),
-                "input {which}: finite differences {numeric}, backward {exact}"
-            );
-        }
+        let (dq, dk, dv) = attention_backward(q, k, v, &out, &lse, &grad, &s);
+        let loss = |x: &[Vec<f32>; 3]| {
+            let (o, _) = reference(&x[0], &x[1], &x[2], &s);
+            o.iter().zip(&grad).map(|(o, g)| o * *g as f64).sum::<f64>()
+        };
+        crate::assert_gradients_match_finite_differences(&inputs, [&dq, &dk, &dv], loss, 2e-3);
     }
 
     #[test]

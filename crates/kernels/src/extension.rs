@@ -114,6 +114,19 @@ fn with_f32<R>(x: &FlexTensor, f: impl FnOnce(&[f32]) -> R) -> R {
         .expect("the CPU kernels take f32 tensors only"))
 }
 
+/// An elementwise kernel `f` on `x`'s values, in `x`'s shape.
+fn map(x: &FlexTensor, f: fn(&[f32]) -> Vec<f32>) -> FlexTensor {
+    from_vec(with_f32(x, f), x.layout().shape().to_vec())
+}
+
+/// An elementwise kernel `f` of two tensors of the same shape.
+fn map2(x: &FlexTensor, y: &FlexTensor, f: fn(&[f32], &[f32]) -> Vec<f32>) -> FlexTensor {
+    from_vec(
+        with_f32(x, |x| with_f32(y, |y| f(x, y))),
+        x.layout().shape().to_vec(),
+    )
+}
+
 /// Images, channels and positions per channel of a `[B, C, ...]` tensor.
 fn layout(x: &FlexTensor) -> Layout {
     let shape = x.layout().shape();
@@ -172,29 +185,19 @@ impl CpuKernels for Flex {
     }
 
     fn silu(x: FlexTensor) -> FlexTensor {
-        let shape = x.layout().shape().to_vec();
-        from_vec(with_f32(&x, silu::silu), shape)
+        map(&x, silu::silu)
     }
 
     fn silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let shape = x.layout().shape().to_vec();
-        from_vec(
-            with_f32(&x, |x| with_f32(&grad, |g| silu::silu_backward(x, g))),
-            shape,
-        )
+        map2(&x, &grad, silu::silu_backward)
     }
 
     fn gelu_tanh(x: FlexTensor) -> FlexTensor {
-        let shape = x.layout().shape().to_vec();
-        from_vec(with_f32(&x, gelu::gelu_tanh), shape)
+        map(&x, gelu::gelu_tanh)
     }
 
     fn gelu_tanh_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        let shape = x.layout().shape().to_vec();
-        from_vec(
-            with_f32(&x, |x| with_f32(&grad, |g| gelu::gelu_tanh_backward(x, g))),
-            shape,
-        )
+        map2(&x, &grad, gelu::gelu_tanh_backward)
     }
 
     fn group_norm(x: FlexTensor, gamma: FlexTensor, beta: FlexTensor, spec: GroupNormSpec) -> FlexTensor {
@@ -396,41 +399,11 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
     }
 
     fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Silu;
-        impl<B: Backend + CpuKernels> Backward<B, 1> for Silu {
-            type State = B::FloatTensorPrimitive;
-            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let x = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| B::silu_backward(x, grad));
-            }
-        }
-        let node = x.node();
-        let x = x.into_primitive();
-        match Silu.prepare::<C>([node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(x.clone(), B::silu(x)),
-            OpsKind::UnTracked(prep) => prep.finish(B::silu(x)),
-        }
+        elementwise::<B, C>(x, B::silu, B::silu_backward)
     }
 
     fn gelu_tanh(x: FloatTensor<Self>) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct GeluTanh;
-        impl<B: Backend + CpuKernels> Backward<B, 1> for GeluTanh {
-            type State = B::FloatTensorPrimitive;
-            fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let x = ops.state;
-                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
-                    B::gelu_tanh_backward(x, grad)
-                });
-            }
-        }
-        let node = x.node();
-        let x = x.into_primitive();
-        match GeluTanh.prepare::<C>([node]).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish(x.clone(), B::gelu_tanh(x)),
-            OpsKind::UnTracked(prep) => prep.finish(B::gelu_tanh(x)),
-        }
+        elementwise::<B, C>(x, B::gelu_tanh, B::gelu_tanh_backward)
     }
 
     /// The derivative of [`gelu`](crate::gelu) composed of differentiable operations (not
@@ -460,28 +433,12 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         beta: FloatTensor<Self>,
         spec: GroupNormSpec,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct GroupNorm;
-        impl<B: Backend + CpuKernels> Backward<B, 3> for GroupNorm {
-            type State = ([B::FloatTensorPrimitive; 3], GroupNormSpec);
-            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let grad = grads.consume::<B>(&ops.node);
-                let ([x, gamma, beta], spec) = ops.state;
-                let (dx, dgamma, dbeta) = B::group_norm_backward(x, gamma, beta, grad, spec);
-                for (node, grad) in ops.parents.into_iter().zip([dx, dgamma, dbeta]) {
-                    if let Some(node) = node {
-                        grads.register::<B>(node.id, grad);
-                    }
-                }
-            }
-        }
-        let nodes = [x.node(), gamma.node(), beta.node()];
-        let inputs = [x.into_primitive(), gamma.into_primitive(), beta.into_primitive()];
-        let run = |[x, gamma, beta]: [B::FloatTensorPrimitive; 3]| B::group_norm(x, gamma, beta, spec);
-        match GroupNorm.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((inputs.clone(), spec), run(inputs)),
-            OpsKind::UnTracked(prep) => prep.finish(run(inputs)),
-        }
+        ternary::<B, C, _>(
+            [x, gamma, beta],
+            spec,
+            |[x, gamma, beta], spec| B::group_norm(x, gamma, beta, spec),
+            |[x, gamma, beta], grad, spec| B::group_norm_backward(x, gamma, beta, grad, spec).into(),
+        )
     }
 
     /// The formula of [`norm`](crate::norm) composed of differentiable operations (not reached
@@ -540,29 +497,14 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         scale: FloatTensor<Self>,
         spec: LayerNormSpec,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct ModulatedLayerNorm;
-        impl<B: Backend + CpuKernels> Backward<B, 3> for ModulatedLayerNorm {
-            type State = ([B::FloatTensorPrimitive; 3], LayerNormSpec);
-            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let grad = grads.consume::<B>(&ops.node);
-                let ([x, shift, scale], spec) = ops.state;
-                let (dx, dshift, dscale) = B::modulated_layer_norm_backward(x, shift, scale, grad, spec);
-                for (node, grad) in ops.parents.into_iter().zip([dx, dshift, dscale]) {
-                    if let Some(node) = node {
-                        grads.register::<B>(node.id, grad);
-                    }
-                }
-            }
-        }
-        let nodes = [x.node(), shift.node(), scale.node()];
-        let inputs = [x.into_primitive(), shift.into_primitive(), scale.into_primitive()];
-        let run =
-            |[x, shift, scale]: [B::FloatTensorPrimitive; 3]| B::modulated_layer_norm(x, shift, scale, spec);
-        match ModulatedLayerNorm.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((inputs.clone(), spec), run(inputs)),
-            OpsKind::UnTracked(prep) => prep.finish(run(inputs)),
-        }
+        ternary::<B, C, _>(
+            [x, shift, scale],
+            spec,
+            |[x, shift, scale], spec| B::modulated_layer_norm(x, shift, scale, spec),
+            |[x, shift, scale], grad, spec| {
+                B::modulated_layer_norm_backward(x, shift, scale, grad, spec).into()
+            },
+        )
     }
 
     /// The formulas of [`layer_norm`](crate::layer_norm) composed of differentiable operations
@@ -658,6 +600,95 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         let dq = Self::float_matmul(ds.clone(), k);
         let dk = Self::float_matmul(t(ds), q);
         (tokens(dq), tokens(dk), tokens(dv))
+    }
+}
+
+/// The inner backend's primitive float tensor.
+type Primitive<B> = <B as burn::backend::BackendTypes>::FloatTensorPrimitive;
+
+/// The tape entry of an elementwise function: `slope(x, ∂y)` gives ∂x.
+struct Elementwise<B: Backend> {
+    slope: fn(Primitive<B>, Primitive<B>) -> Primitive<B>,
+}
+
+impl<B: Backend> std::fmt::Debug for Elementwise<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Elementwise")
+    }
+}
+
+impl<B: Backend> Backward<B, 1> for Elementwise<B> {
+    type State = Primitive<B>;
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let (x, slope) = (ops.state, self.slope);
+        unary::<B, _>(ops.parents, ops.node, grads, |grad| slope(x, grad));
+    }
+}
+
+/// `f(x)` on the inner backend, recorded on the tape (with x, when a gradient is wanted) so
+/// that `slope(x, ∂y)` gives ∂x.
+fn elementwise<B: Backend, C: CheckpointStrategy>(
+    x: FloatTensor<Autodiff<B, C>>,
+    f: fn(Primitive<B>) -> Primitive<B>,
+    slope: fn(Primitive<B>, Primitive<B>) -> Primitive<B>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let node = x.node();
+    let x = x.into_primitive();
+    match (Elementwise::<B> { slope })
+        .prepare::<C>([node])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(x.clone(), f(x)),
+        OpsKind::UnTracked(prep) => prep.finish(f(x)),
+    }
+}
+
+/// The three input gradients of an operation from its inputs, ∂y and its parameters.
+type TernaryBackward<B, S> = fn([Primitive<B>; 3], Primitive<B>, S) -> [Primitive<B>; 3];
+
+/// The tape entry of an operation of three tensors whose three gradients one kernel call gives:
+/// `backward(inputs, ∂y, spec)`.
+struct Ternary<B: Backend, S> {
+    backward: TernaryBackward<B, S>,
+}
+
+impl<B: Backend, S> std::fmt::Debug for Ternary<B, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ternary")
+    }
+}
+
+impl<B: Backend, S: Clone + Send + std::fmt::Debug + 'static> Backward<B, 3> for Ternary<B, S> {
+    type State = ([Primitive<B>; 3], S);
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = grads.consume::<B>(&ops.node);
+        let (inputs, spec) = ops.state;
+        for (node, grad) in ops.parents.into_iter().zip((self.backward)(inputs, grad, spec)) {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+/// `forward(inputs, spec)` on the inner backend, recorded on the tape (with the inputs, when a
+/// gradient is wanted) so that `backward` gives the inputs' gradients.
+fn ternary<B: Backend, C: CheckpointStrategy, S: Clone + Send + std::fmt::Debug + 'static>(
+    inputs: [FloatTensor<Autodiff<B, C>>; 3],
+    spec: S,
+    forward: fn([Primitive<B>; 3], S) -> Primitive<B>,
+    backward: TernaryBackward<B, S>,
+) -> FloatTensor<Autodiff<B, C>> {
+    let nodes = inputs.each_ref().map(|t| t.node());
+    let inputs = inputs.map(|t| t.into_primitive());
+    match (Ternary::<B, S> { backward })
+        .prepare::<C>(nodes)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish((inputs.clone(), spec.clone()), forward(inputs, spec)),
+        OpsKind::UnTracked(prep) => prep.finish(forward(inputs, spec)),
     }
 }
 

@@ -150,32 +150,15 @@ mod tests {
 
     #[test]
     fn gradients_match_finite_differences() {
-        let [x, shift, scale] = inputs();
+        let inputs = inputs();
+        let [x, _, scale] = &inputs;
         let grad = values(x.len(), 2.31, 0.0);
-        let (dx, dshift, dscale) = modulated_layer_norm_backward(&x, &scale, &grad, &SPEC);
-        let eps = 1e-3;
-        for (which, analytic) in [&dx, &dshift, &dscale].into_iter().enumerate() {
-            let delta = values(analytic.len(), 0.53 + which as f32, 0.0);
-            let shifted = |sign: f32| {
-                let mut v = [x.clone(), shift.clone(), scale.clone()];
-                v[which]
-                    .iter_mut()
-                    .zip(&delta)
-                    .for_each(|(v, d)| *v += sign * eps * d);
-                let y = reference(&v[0], &v[1], &v[2], &SPEC);
-                y.iter().zip(&grad).map(|(y, g)| y * *g as f64).sum::<f64>()
-            };
-            let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
-            let exact: f64 = analytic
-                .iter()
-                .zip(&delta)
-                .map(|(a, d)| *a as f64 * *d as f64)
-                .sum();
-            assert!(
-                (numeric - exact).abs() < 1e-3 * numeric.abs().max(1.0),
-                "input {which}: finite differences {numeric}, backward {exact}"
-            );
-        }
+        let (dx, dshift, dscale) = modulated_layer_norm_backward(x, scale, &grad, &SPEC);
+        let loss = |v: &[Vec<f32>; 3]| {
+            let y = reference(&v[0], &v[1], &v[2], &SPEC);
+            y.iter().zip(&grad).map(|(y, g)| y * *g as f64).sum::<f64>()
+        };
+        crate::assert_gradients_match_finite_differences(&inputs, [&dx, &dshift, &dscale], loss, 1e-3);
     }
 
     #[test]

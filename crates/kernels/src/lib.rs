@@ -152,8 +152,10 @@ pub fn try_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> 
     }
 }
 
-/// [`attention()`] by burn's attention operation on `[B, H, tokens, d]` views.
-fn burn_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
+/// [`attention()`] by burn's attention operation on `[B, H, tokens, d]` views of the same
+/// projections: the path [`attention()`] takes where the kernels do not apply (and the
+/// reference the tests and `diffusion bench kernels` hold the kernel to).
+pub fn burn_attention(q: Tensor<3>, k: Tensor<3>, v: Tensor<3>, heads: usize) -> Tensor<3> {
     use burn::tensor::module::attention;
     use burn::tensor::ops::AttentionModuleOptions;
     let [b, n, c] = q.dims();
@@ -206,4 +208,42 @@ pub(crate) fn assert_independent_of_threads<R: Send + PartialEq + std::fmt::Debu
         pool.expect("a rayon pool").install(&f)
     };
     assert_eq!(run(1), run(3));
+}
+
+#[cfg(test)]
+/// Asserts, for each of three inputs in turn, that the backward pass's ⟨∂xᵢ, δ⟩ matches the
+/// central difference (L(xᵢ + εδ) − L(xᵢ − εδ)) / 2ε of `loss` (⟨∂y, f(x)⟩ from an f64
+/// reference of the forward pass) along a fixed direction δ, within `tol` relative to
+/// max(|difference|, 1); ε = 10⁻² (large enough that x + εδ is exact to 10⁻⁴ in f32 for |x| ≲ 10,
+/// small enough that the O(ε²) error of the central difference stays near 10⁻⁴).
+pub(crate) fn assert_gradients_match_finite_differences(
+    inputs: &[Vec<f32>; 3],
+    analytic: [&[f32]; 3],
+    loss: impl Fn(&[Vec<f32>; 3]) -> f64,
+    tol: f64,
+) {
+    let eps = 1e-2;
+    for (which, analytic) in analytic.into_iter().enumerate() {
+        let delta: Vec<f32> = (0..analytic.len())
+            .map(|i| (i as f32 * (0.53 + which as f32)).sin())
+            .collect();
+        let shifted = |sign: f32| {
+            let mut x = inputs.clone();
+            x[which]
+                .iter_mut()
+                .zip(&delta)
+                .for_each(|(x, d)| *x += sign * eps * d);
+            loss(&x)
+        };
+        let numeric = (shifted(1.0) - shifted(-1.0)) / (2.0 * eps as f64);
+        let exact: f64 = analytic
+            .iter()
+            .zip(&delta)
+            .map(|(a, d)| *a as f64 * *d as f64)
+            .sum();
+        assert!(
+            (numeric - exact).abs() < tol * numeric.abs().max(1.0),
+            "input {which}: finite differences {numeric}, backward {exact}"
+        );
+    }
 }
