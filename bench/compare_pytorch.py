@@ -180,6 +180,10 @@ def main():
                              ours_gflops=gflop / o, pytorch_gflops=gflop / p)
         print(f"{name}: ours {o:.3f} s/step, PyTorch {p:.3f} s/step, ours / PyTorch = {o / p:.2f} "
               f"({gflop / o:.0f} vs {gflop / p:.0f} GFLOP/s)", flush=True)
+        write(args, flops, results)  # after every case, so that a run cut short keeps what it measured
+
+
+def write(args, flops, results):
     meta = dict(machine=platform.processor() or platform.machine(), cpus=os.cpu_count(), torch=torch.__version__,
                 threads=args.threads, backend=args.backend, torch_device=args.device, tf32=args.tf32,
                 gpu=torch.cuda.get_device_name() if args.device.startswith("cuda") else None, iters=args.iters, rounds=args.rounds,

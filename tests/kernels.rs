@@ -1,6 +1,8 @@
 //! The CPU kernels of diffusion-kernels against burn's own operations. On flex (f32) they
-//! replace burn's convolution, group norm and SiLU in every backbone, so they must give the
-//! same values and the same gradients; on the other backends they must stand aside.
+//! replace burn's convolution, group norm, SiLU, GELU, DiT's modulated layer norm and attention
+//! in the backbones, so they must give the same values and the same gradients; on the other
+//! backends they must stand aside (there the comparisons are burn against burn, and the
+//! assertions on `try_*` carry the test).
 
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};

@@ -245,15 +245,15 @@ fn kernel_bench(b: &KernelBench) -> Result<()> {
         let x = Tensor::<4>::random(case.shape, Distribution::Normal(0.0, 1.0), &device);
         let out = (case.burn)(x.clone()).dims();
         let g = Tensor::<4>::random(out, Distribution::Normal(0.0, 1.0), &device);
-        let time = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| {
+        let time = |f: &dyn Fn(Tensor<4>) -> Tensor<4>| -> Result<f64> {
             let times = time_iterations(2, b.iters, &device, || {
                 let x = x.clone().require_grad();
                 let grads = (f(x.clone()) * g.clone()).sum().backward();
-                let _ = x.grad(&grads);
-            });
-            summary(&times).0
+                x.grad(&grads)
+            })?;
+            Ok(summary(&times).0)
         };
-        let (burn, kernels) = (time(&case.burn), time(&case.kernels));
+        let (burn, kernels) = (time(&case.burn)?, time(&case.kernels)?);
         println!(
             "  {:48} burn {:8.2} ms   kernels {:8.2} ms   {:5.2}×",
             case.name,
@@ -287,9 +287,7 @@ fn matmul_bench(b: &MatmulBench) -> Result<()> {
     let mut noise = SampleNoise::range(2, 0..n as u64);
     let a = noise.normal_tensor(n, n, &device, DType::F32).cast(dtype);
     let c = noise.normal_tensor(n, n, &device, DType::F32).cast(dtype);
-    let times = time_iterations(1, b.iters, &device, || {
-        let _ = a.clone().matmul(c.clone());
-    });
+    let times = time_iterations(3, b.iters, &device, || a.clone().matmul(c.clone()))?;
     let (median, min, _) = summary(&times);
     let flop = 2.0 * (n as f64).powi(3);
     println!(
@@ -328,18 +326,36 @@ fn model_config(b: &ModelBench) -> Result<ModelConfig> {
     Ok(config)
 }
 
-/// Seconds of each timed iteration.
-fn time_iterations(warmup: usize, iters: usize, device: &Device, mut step: impl FnMut()) -> Vec<f64> {
+/// Waits for the device's queued work; its failure is an error, not a shorter time.
+fn sync(device: &Device) -> Result<()> {
+    device
+        .sync()
+        .map_err(|e| CliError::Device(format!("the device failed to synchronise: {e:?}")))
+}
+
+/// Seconds of each timed iteration: `step` and the device sync after it, with the step's
+/// output held until the sync (on a lazy or asynchronous backend, work whose result is dropped
+/// unread might otherwise not be timed).
+fn time_iterations<T>(
+    warmup: usize,
+    iters: usize,
+    device: &Device,
+    mut step: impl FnMut() -> T,
+) -> Result<Vec<f64>> {
+    let sync = || sync(device);
     for _ in 0..warmup {
-        step();
+        let out = step();
+        sync()?;
+        drop(out);
     }
-    let _ = device.sync();
     (0..iters)
         .map(|_| {
             let start = Instant::now();
-            step();
-            let _ = device.sync();
-            start.elapsed().as_secs_f64()
+            let out = step();
+            sync()?;
+            let seconds = start.elapsed().as_secs_f64();
+            drop(out);
+            Ok(seconds)
         })
         .collect()
 }
@@ -420,14 +436,14 @@ fn model_bench(b: &ModelBench, train: bool) -> Result<()> {
             let loss = (out - target.clone()).square().mean();
             let grads = GradientsParams::from_grads(loss.backward(), &m);
             model = Some(optim.step(1e-4, m, grads));
-        })
+        })?
     } else {
         let model = config.init(&device);
         params = model.num_params();
         let (x, t, cond) = inputs(&config, &model, b.batch, &device);
         time_iterations(b.warmup, b.iters, &device, || {
-            let _ = model.forward_flat(x.clone(), t.clone(), &cond);
-        })
+            model.forward_flat(x.clone(), t.clone(), &cond)
+        })?
     };
     let peak = peak_memory();
     let (median, min, max) = summary(&times);
@@ -473,7 +489,8 @@ struct TimedStandardNormal {
 
 impl Denoiser for TimedStandardNormal {
     fn denoise(&self, x: Tensor<2>, level: NoiseLevel) -> Tensor<2> {
-        // The sampler's queued work runs outside the model's time.
+        // The sampler's queued work runs outside the model's time (a failed sync shows in the
+        // benchmark's own syncs around the whole run, which `denoise` cannot report).
         let _ = x.device().sync();
         let start = Instant::now();
         let factor = level.alpha / (level.alpha * level.alpha + level.sigma * level.sigma);
@@ -510,10 +527,10 @@ fn sampler_bench(b: &SamplerBench) -> Result<()> {
         let x = noise
             .normal_tensor(b.batch, b.features, &device, DType::F32)
             .mul_scalar(built.sampler.init_noise_sigma());
-        let _ = device.sync();
+        sync(&device)?;
         let start = Instant::now();
         let out = built.sampler.sample(&oracle, x, &mut noise)?;
-        let _ = device.sync();
+        sync(&device)?;
         let total = start.elapsed().as_secs_f64();
         let overhead = (total - oracle.seconds.get()) / b.steps as f64;
         println!(

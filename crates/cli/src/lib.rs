@@ -46,6 +46,9 @@ pub enum CliError {
     /// The likelihood could not be computed.
     #[error(transparent)]
     Likelihood(#[from] diffusion_score::LikelihoodError),
+    /// The device failed while running (a benchmark's synchronisation, say).
+    #[error("{0}")]
+    Device(String),
 }
 
 /// Shorthand for results of this crate.

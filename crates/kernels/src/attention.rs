@@ -14,8 +14,9 @@
 //!
 //! Only the N×L scores of the head at hand are in memory, in a scratch buffer of the task's
 //! own, instead of the B·H·N·L scores, their exponentials and their softmax that the composed
-//! operations keep for the backward pass. Images are the parallel tasks; the result does not
-//! depend on the number of threads.
+//! operations keep for the backward pass. Images are the parallel tasks, and with fewer images
+//! than threads each matrix product splits over the threads instead; the result does not
+//! depend on the number of threads (the products never split their inner dimension).
 
 use rayon::prelude::*;
 
@@ -251,9 +252,17 @@ mod tests {
         crate::assert_gradients_match_finite_differences(&inputs, [&dq, &dk, &dv], loss, 2e-3);
     }
 
+    /// Two images at sizes where the GEMMs split over threads when there are more threads than
+    /// images (N = L = 160, above the `gemm` crate's threading threshold).
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
-        let s = AttentionSpec { batch: 2, ..SPEC };
+        let s = AttentionSpec {
+            batch: 2,
+            queries: 160,
+            keys: 160,
+            heads: 2,
+            head_dim: 32,
+        };
         let [q, k, v] = inputs(&s);
         crate::assert_independent_of_threads(|| {
             let (o, lse) = attention(&q, &k, &v, &s);

@@ -25,9 +25,12 @@ fn z(x: f32) -> f32 {
     K * (x + C * x * x * x)
 }
 
-/// gelu'(x), with 1 − σ(z) = e^(−z) σ(z) (no cancellation for large z).
+/// gelu'(x), with 1 − σ(z) = e^(−z) σ(z) (no cancellation for large z). Beyond |x| = 10 the
+/// slope is 1 or 0 to f32 precision (|z| > 73); x is clamped there, since the exponential
+/// saturates at e^±87.3 and would leave the x³ of the second term unbounded for huge |x|.
 #[inline(always)]
 fn slope(x: f32) -> f32 {
+    let x = x.clamp(-10.0, 10.0);
     let e = exp(-z(x));
     let s = 1.0 / (1.0 + e);
     s + x * (e * s) * s * K * (1.0 + 3.0 * C * x * x)

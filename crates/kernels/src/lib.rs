@@ -1,7 +1,7 @@
 //! # diffusion-kernels
 //!
-//! CPU kernels for the flex backend: the convolutions, group norms and SiLU of the image
-//! backbones, with their gradients.
+//! CPU kernels for the flex backend: the convolutions, group norms, activations, DiT's
+//! modulated layer norm and the attention of the backbones, with their gradients.
 //!
 //! On flex, burn lowers a convolution to tiled im2col + GEMM after a single-threaded transpose
 //! to channels-last, and computes its weight gradient as a convolution whose kernel is the
