@@ -44,10 +44,6 @@ pub fn from_tokens(x: Tensor<3>, h: usize, w: usize) -> Tensor<4> {
     x.swap_dims(1, 2).reshape([b, c, h, w])
 }
 
-/// GELU with the tanh approximation (Hendrycks & Gimpel 2016; PyTorch's
-/// `gelu(approximate="tanh")`): ½ x (1 + tanh(√(2/π) (x + 0.044715 x³))), computed as
-/// x · sigmoid(2√(2/π) (x + 0.044715 x³)), the same function, since ½ (1 + tanh u) = sigmoid(2u):
-/// `diffusion_kernels::gelu_tanh`, one pass forward and one backward on flex.
-pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    diffusion_kernels::gelu_tanh(x)
-}
+/// GELU with the tanh approximation (PyTorch's `gelu(approximate="tanh")`), one pass forward
+/// and one backward on flex (re-exported from diffusion-kernels).
+pub use diffusion_kernels::gelu_tanh;
