@@ -215,6 +215,8 @@ fn kernel_cases(n: usize, device: &Device) -> Vec<KernelCase> {
         conv(64, 64, 16, 1),
         conv(96, 32, 32, 1),
         conv(32, 32, 32, 2),
+        conv(128, 128, 32, 1),
+        conv(256, 256, 8, 1),
         norm(32, 32),
         norm(96, 32),
         silu_case(32, 32),

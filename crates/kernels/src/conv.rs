@@ -19,6 +19,7 @@ use rayon::prelude::*;
 use crate::gemm::{Mat, matmul};
 use crate::lanes;
 use crate::patches::{Patches, col2im, im2col};
+use crate::winograd;
 
 /// Images whose weight-gradient terms are summed by one task, in order.
 const GROUP: usize = 4;
@@ -30,6 +31,9 @@ const PATCH_VALUES: usize = if cfg!(test) { 64 } else { 1 << 20 };
 /// y = conv(x, w) + b: `x` is `[B, C_in, H, W]`, `w` is `[C_out, C_in, k_h, k_w]`, `bias` is
 /// `[C_out]`, the result `[B, C_out, H_out, W_out]`, all row-major.
 pub fn conv2d(x: &[f32], w: &[f32], bias: &[f32], p: &Patches) -> Vec<f32> {
+    if winograd::applies(p, bias.len()) {
+        return winograd::conv2d(x, w, bias, p);
+    }
     let (c_out, k, n, image) = (bias.len(), p.rows(), p.columns(), image_len(p));
     let weights = Mat::new(w, c_out, k);
     let mut y = vec![0.0f32; p.batch * c_out * n];
@@ -65,6 +69,9 @@ pub fn conv2d_bias_grad(dy: &[f32], p: &Patches, c_out: usize) -> Vec<f32> {
 
 /// ∂x from ∂y (`[B, C_out, H_out, W_out]`) and the weights: `[B, C_in, H, W]`.
 pub fn conv2d_input_grad(w: &[f32], dy: &[f32], p: &Patches, c_out: usize) -> Vec<f32> {
+    if winograd::applies(p, c_out) {
+        return winograd::conv2d_input_grad(w, dy, p, c_out);
+    }
     let (k, n) = (p.rows(), p.columns());
     let weights_t = Mat::new(w, c_out, k).t();
     let mut dx = vec![0.0f32; p.batch * image_len(p)];
@@ -84,6 +91,9 @@ pub fn conv2d_input_grad(w: &[f32], dy: &[f32], p: &Patches, c_out: usize) -> Ve
 
 /// ∂W from the input and ∂y: `[C_out, C_in, k_h, k_w]`.
 pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], p: &Patches, c_out: usize) -> Vec<f32> {
+    if winograd::applies(p, c_out) {
+        return winograd::conv2d_weight_grad(x, dy, p, c_out);
+    }
     let (k, n, image) = (p.rows(), p.columns(), image_len(p));
     let groups = p.batch.div_ceil(GROUP).max(1);
     let mut partial = vec![0.0f32; groups * c_out * k];
@@ -129,7 +139,7 @@ fn image_len(p: &Patches) -> usize {
 /// Runs `f(index, chunk, parallel_gemm)` over the chunks of `out`: in parallel when there are
 /// enough of them to keep every thread busy, otherwise one after the other with the matrix
 /// products themselves split over the threads.
-fn per_chunk(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32], bool) + Sync) {
+pub(crate) fn per_chunk(out: &mut [f32], len: usize, f: impl Fn(usize, &mut [f32], bool) + Sync) {
     if out.len() / len.max(1) >= rayon::current_num_threads() {
         out.par_chunks_mut(len)
             .enumerate()
@@ -147,7 +157,7 @@ thread_local! {
 
 /// Runs `f` on a buffer of `len` values (contents unspecified) that this thread keeps for the
 /// next call; a fresh one if the thread's buffer is in use (a task stolen while waiting).
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+pub(crate) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     SCRATCH.with(|cell| match cell.try_borrow_mut() {
         Ok(mut buffer) => {
             if buffer.len() < len {
@@ -220,6 +230,11 @@ mod tests {
             (
                 Patches::new([3, 4, 4, 4], [1, 1], [1, 1], [(0, 0), (0, 0)]).unwrap(),
                 5,
+            ),
+            // Wide enough for the Winograd path.
+            (
+                Patches::new([2, 16, 5, 6], [3, 3], [1, 1], [(1, 1), (1, 1)]).unwrap(),
+                17,
             ),
         ]
     }

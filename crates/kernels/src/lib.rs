@@ -41,6 +41,9 @@ mod memory;
 pub mod norm;
 pub mod patches;
 pub mod silu;
+#[macro_use]
+mod simd;
+pub mod winograd;
 
 #[cfg(feature = "flex")]
 mod extension;
