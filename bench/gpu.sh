@@ -8,6 +8,9 @@
 #   scripts/pack-gpu.sh            # stripped test binaries and the CLI into .dev/bin.tar.xz
 # and carry .dev (and .gl with the Vulkan loader, .whl with diffusers) to the GPU machine.
 # Each step has its own time limit so that a slow one cannot eat the others; logs go to $OUT.
+# Arguments name the steps to run (default: ceiling compare tests cli); `profile` times every
+# kernel of one U-Net and one DiT-S/2 training step at batch 32 through CubeCL's profiler
+# (its per-kernel summary tables, xz-compressed, in $OUT/profile-*.log.xz).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-out}"
@@ -35,9 +38,13 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 export XDG_RUNTIME_DIR=/tmp
 
+steps="${*:-ceiling compare tests cli}"
+want() { [[ " $steps " == *" $1 "* ]]; }
+
+if want ceiling; then
 step "dense-kernel ceiling on wgpu"
 timeout 45 "$bin/diffusion" bench matmul --size 4096 --iters 10 --backend wgpu 2>&1 | tee "$OUT/matmul.log"
-python3 - <<'EOF' 2>&1 | tee -a "$OUT/matmul.log"
+python3 - <<'PY' 2>&1 | tee -a "$OUT/matmul.log"
 import time, torch
 for tf32 in (False, True):
     torch.backends.cuda.matmul.allow_tf32 = tf32
@@ -47,14 +54,34 @@ for tf32 in (False, True):
     for _ in range(20): a @ b
     torch.cuda.synchronize(); s = (time.perf_counter() - t) / 20
     print(f"PyTorch 4096^2 f32 matmul (tf32={tf32}): {s * 1e3:.2f} ms, {2 * 4096**3 / s / 1e12:.1f} TFLOP/s")
-EOF
+PY
+fi
 
+if want profile; then
+step "per-kernel profile of training steps on wgpu"
+prof="$(mktemp -d)"
+exe="$(realpath "$bin/diffusion")"
+for model in ddpm-cifar10 dit-s-2; do
+    extra=""; [ "$model" = dit-s-2 ] && extra="--in-channels 3 --classes 10"
+    printf '[profiling.logger]\nlevel = "basic"\nfile = "%s/%s.log"\nappend = false\n' "$prof" "$model" > "$prof/cubecl.toml"
+    (cd "$prof" && timeout "${PROFILE_S:-60}" "$exe" bench train --model "$model" $extra \
+        --batch 32 --warmup 2 --iters 1 --backend wgpu 2>&1 | tee "$OUT/profile-$model.txt")
+    [ -f "$prof/$model.log" ] && { xz -T0 -c "$prof/$model.log" > "$OUT/profile-$model.log.xz" || gzip -c "$prof/$model.log" > "$OUT/profile-$model.log.gz"; }
+done
+fi
+
+if want compare; then
 step "U-Net and DiT steps: wgpu against PyTorch CUDA"
 timeout "${COMPARE_S:-200}" python3 bench/compare_pytorch.py --binary "$bin/diffusion" --backend wgpu --device cuda \
     --iters 10 --warmup 3 --rounds 1 --out "$OUT/compare.json" 2>&1 | tee "$OUT/compare.log"
+fi
 
+if want tests; then
 step "integration tests on wgpu"
 DIFFUSION_BACKEND=wgpu timeout "${TESTS_S:-210}" "$bin/integration" 2>&1 | tee "$OUT/tests-integration.log" | tail -n 40
+fi
+if want cli; then
 step "CLI tests on wgpu"
 DIFFUSION_BACKEND=wgpu timeout "${CLI_S:-90}" "$bin/cli" 2>&1 | tee "$OUT/tests-cli.log" | tail -n 20
+fi
 step "done"
