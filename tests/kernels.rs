@@ -20,7 +20,8 @@ fn values<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
     t.to_data().convert::<f64>().try_to_vec::<f64>().unwrap()
 }
 
-/// The convolutions of the backbones: 3×3 same-size (ResNet blocks), 3×3 with stride 2
+/// The convolutions of the backbones: 3×3 same-size (ResNet blocks; with 16 channels or more,
+/// Winograd's F(4×4, 3×3) and, on images under 4×4, F(2×2, 3×3)), 3×3 with stride 2
 /// (downsampling), 1×1 (shortcuts), p×p patches with stride p (DiT), and padding on one side.
 fn convolutions() -> Vec<(Conv2dConfig, [usize; 4])> {
     let pad = |t, l, b, r| PaddingConfig2d::Explicit(t, l, b, r);
@@ -28,6 +29,14 @@ fn convolutions() -> Vec<(Conv2dConfig, [usize; 4])> {
         (
             Conv2dConfig::new([5, 7], [3, 3]).with_padding(pad(1, 1, 1, 1)),
             [3, 5, 9, 8],
+        ),
+        (
+            Conv2dConfig::new([16, 20], [3, 3]).with_padding(pad(1, 1, 1, 1)),
+            [2, 16, 9, 8],
+        ),
+        (
+            Conv2dConfig::new([24, 16], [3, 3]).with_padding(pad(1, 1, 1, 1)),
+            [3, 24, 3, 3],
         ),
         (
             Conv2dConfig::new([4, 6], [3, 3])
@@ -88,13 +97,14 @@ fn convolution_values_and_gradients_match_burn() {
         let ours = ours.unwrap_or_else(|| conv.forward(input()));
         let what = format!("{shape:?} → {:?}", reference.dims());
         assert_eq!(ours.dims(), reference.dims(), "{what}");
-        assert_close_floor(
-            &format!("conv {what}"),
-            &values(&ours),
-            &values(&reference),
-            1e-5,
-            1.0,
-        );
+        // Errors relative to the tensor's largest value (at least 1): Winograd's F(4×4, 3×3)
+        // rounds at about 4·10⁻⁶ of that scale, so an entry much smaller than the largest
+        // carries a larger relative error than it would from a direct sum.
+        let close = |what: String, ours: Vec<f64>, reference: Vec<f64>| {
+            let scale = reference.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+            assert_close_floor(&what, &ours, &reference, 1e-5, scale);
+        };
+        close(format!("conv {what}"), values(&ours), values(&reference));
 
         let g = Tensor::<4>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &ad);
         let ours_grads = (ours * g.clone()).sum().backward();
@@ -109,14 +119,14 @@ fn convolution_values_and_gradients_match_burn() {
         ];
         for (name, a, b) in grad_pairs {
             let (a, b) = (a.unwrap(), b.unwrap());
-            assert_close_floor(&format!("{name} {what}"), &values(&a), &values(&b), 1e-5, 1.0);
+            close(format!("{name} {what}"), values(&a), values(&b));
         }
         if let Some(bias) = &conv.bias {
             let (a, b) = (
                 bias.grad(&ours_grads).unwrap(),
                 bias.grad(&reference_grads).unwrap(),
             );
-            assert_close_floor(&format!("∂b {what}"), &values(&a), &values(&b), 1e-5, 1.0);
+            close(format!("∂b {what}"), values(&a), values(&b));
         }
     }
 }

@@ -5,14 +5,18 @@
 
 /// `body(args…)`, with `body` (an `#[inline(always)]` function, so that it is compiled into
 /// each version) built a second time for AVX2 and FMA, which runs where the CPU has them:
-/// `wide!(body(a: &[f32], n: usize))` calls `body(a, n)` with the variables `a` and `n`.
+/// `wide!(body(a: &[f32], n: usize))` calls `body(a, n)` with the variables `a` and `n`;
+/// `wide!(body(a: &[f32]) -> f32)` returns its value.
 #[macro_export]
 #[doc(hidden)]
 macro_rules! wide {
-    ($body:ident($($arg:ident: $ty:ty),* $(,)?)) => {{
+    ($body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        $crate::wide!($body($($arg: $ty),*) -> ())
+    };
+    ($body:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {{
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        fn avx2_fma($($arg: $ty),*) {
+        fn avx2_fma($($arg: $ty),*) -> $ret {
             $body($($arg),*)
         }
         #[cfg(target_arch = "x86_64")]
