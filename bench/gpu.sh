@@ -10,7 +10,9 @@
 # Each step has its own time limit so that a slow one cannot eat the others; logs go to $OUT.
 # Arguments name the steps to run (default: ceiling compare tests cli); `profile` times every
 # kernel of one U-Net and one DiT-S/2 training step at batch 32 through CubeCL's profiler
-# (its per-kernel summary tables, xz-compressed, in $OUT/profile-*.log.xz).
+# (its per-kernel summary tables, xz-compressed, in $OUT/profile-*.log.xz; PROFILE_MODELS,
+# PROFILE_WARMUP and PROFILE_S choose the models, warm-up steps and time limit; autotuning's
+# own probes fill the first minute, CUBECL_AUTOTUNE_LEVEL=minimal shortens it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-out}"
@@ -61,11 +63,11 @@ if want profile; then
 step "per-kernel profile of training steps on wgpu"
 prof="$(mktemp -d)"
 exe="$(realpath "$bin/diffusion")"
-for model in ddpm-cifar10 dit-s-2; do
+for model in ${PROFILE_MODELS:-ddpm-cifar10 dit-s-2}; do
     extra=""; [ "$model" = dit-s-2 ] && extra="--in-channels 3 --classes 10"
     printf '[profiling.logger]\nlevel = "basic"\nfile = "%s/%s.log"\nappend = false\n' "$prof" "$model" > "$prof/cubecl.toml"
     (cd "$prof" && timeout "${PROFILE_S:-60}" "$exe" bench train --model "$model" $extra \
-        --batch 32 --warmup 2 --iters 1 --backend wgpu 2>&1 | tee "$OUT/profile-$model.txt")
+        --batch 32 --warmup "${PROFILE_WARMUP:-2}" --iters 1 --backend wgpu 2>&1 | tee "$OUT/profile-$model.txt")
     [ -f "$prof/$model.log" ] && { xz -T0 -c "$prof/$model.log" > "$OUT/profile-$model.log.xz" || gzip -c "$prof/$model.log" > "$OUT/profile-$model.log.gz"; }
 done
 fi

@@ -493,7 +493,7 @@ fn combine<'a>(out: &mut [f32], coefficients: impl Iterator<Item = f32>, x: impl
 fn transform_input(t: &Tiling, x: &[f32], block: &Block, v: &mut [f32], parallel: bool) {
     let len = t.f.positions() * block.tiles(t);
     let (alpha, tiles) = (t.f.alpha, block.tiles(t));
-    let buffer = t.f.m * t.tiles[1] + 2 + 2 * alpha * alpha * tiles;
+    let buffer = t.f.m * (t.tiles[1] + 1) + 2 * alpha * alpha * tiles;
     each_chunk(v, len, parallel, |c, v| {
         with_buffer(
             &TRANSFORM,
@@ -504,13 +504,13 @@ fn transform_input(t: &Tiling, x: &[f32], block: &Block, v: &mut [f32], parallel
 }
 
 /// [`transform_input`] for channel `c`: `v` is its `[α², tiles]`; `buffer` holds at least
-/// m·tiles per row + 2 + 2α²·tiles values. The arithmetic runs over
+/// m·(tiles per row + 1) + 2α²·tiles values. The arithmetic runs over
 /// all the block's tiles at once: the windows are first gathered as d[r][c][tile], then
 /// Bᵀ d along r and · B along c.
 #[inline(always)]
 fn input_channel(t: &Tiling, x: &[f32], block: &Block, c: usize, v: &mut [f32], buffer: &mut [f32]) {
     let (f, tiles) = (t.f, block.tiles(t));
-    let (alpha, width) = (f.alpha, f.m * t.tiles[1] + 2);
+    let (alpha, width) = (f.alpha, f.m * (t.tiles[1] + 1));
     let size = alpha * alpha * tiles;
     let (line, rest) = buffer.split_at_mut(width);
     let (d, q) = rest.split_at_mut(size);
@@ -530,11 +530,13 @@ fn input_channel(t: &Tiling, x: &[f32], block: &Block, c: usize, v: &mut [f32], 
 }
 
 /// The α×α input windows of the block's tiles on channel `c`, as d[r][col][tile] (`line`: a
-/// buffer of m·tiles per row + 2 values).
+/// buffer of m·(tiles per row + 1) values or more).
 #[inline(always)]
 fn input_windows(t: &Tiling, x: &[f32], block: &Block, c: usize, line: &mut [f32], d: &mut [f32]) {
     let ([h, w], [pad_y, pad_x], tw) = (t.input, t.pad, t.tiles[1]);
-    let (m, alpha, width, tiles) = (t.f.m, t.f.alpha, line.len(), block.tiles(t));
+    let (m, alpha, tiles) = (t.f.m, t.f.alpha, block.tiles(t));
+    let line = &mut line[..m * (tw + 1)];
+    let width = line.len();
     for image in block.images.clone() {
         let plane = &x[(image * t.channels + c) * h * w..][..h * w];
         for row in block.rows.clone() {
@@ -581,20 +583,26 @@ fn transform_output(t: &Tiling, m: &mut [f32], bias: &[f32], block: &Block, y: &
     each_chunk(planes, plane, parallel, |k, out| {
         let (image, o) = (block.images.start + k / c_out, k % c_out);
         let values = &m[o * xis * tiles..][..mm * mm * tiles];
-        for row in block.rows.clone() {
-            let first = block.first_tile(t, image, row);
-            for a in 0..mm.min(oh.saturating_sub(mm * row)) {
-                let dst = &mut out[(mm * row + a) * ow..][..ow];
-                for (b, phase) in values[a * mm * tiles..].chunks(tiles).take(mm).enumerate() {
-                    let phase = &phase[first..][..t.tiles[1]];
-                    match mm {
-                        2 => scatter_every::<2>(&mut dst[b.min(ow)..], phase),
-                        _ => scatter_every::<4>(&mut dst[b.min(ow)..], phase),
-                    }
-                }
+        crate::wide!(output_rows(t: &Tiling, values: &[f32], block: &Block, image: usize, out: &mut [f32]));
+    });
+}
+
+/// Writes the block's outputs of one plane `out` of `image` from their m² phases `values`
+/// (`[m², tiles]`), dropping those beyond the image.
+#[inline(always)]
+fn output_rows(t: &Tiling, values: &[f32], block: &Block, image: usize, out: &mut [f32]) {
+    let ([oh, ow], mm, tiles) = (t.output, t.f.m, block.tiles(t));
+    for row in block.rows.clone() {
+        let first = block.first_tile(t, image, row);
+        for a in 0..mm.min(oh.saturating_sub(mm * row)) {
+            let dst = &mut out[(mm * row + a) * ow..][..ow];
+            let phases = &values[a * mm * tiles..][..mm * tiles];
+            match mm {
+                2 => interleave::<2>(dst, phases, tiles, first),
+                _ => interleave::<4>(dst, phases, tiles, first),
             }
         }
-    });
+    }
 }
 
 /// Aᵀ M A + b over all tiles of one output channel: `m` is its `[α², tiles]`; the m² output
@@ -714,6 +722,17 @@ fn every<const S: usize>(out: &mut [f32], x: &[f32]) {
 fn scatter_every<const S: usize>(out: &mut [f32], x: &[f32]) {
     for (o, &value) in out.iter_mut().step_by(S).zip(x) {
         *o = value;
+    }
+}
+
+/// dst[S·k + b] = phases[b·stride + first + k] for the positions inside `dst` (the inverse of
+/// [`deinterleave`], from rows `stride` apart).
+#[inline(always)]
+fn interleave<const S: usize>(dst: &mut [f32], phases: &[f32], stride: usize, first: usize) {
+    for (k, group) in dst.chunks_mut(S).enumerate() {
+        for (b, value) in group.iter_mut().enumerate() {
+            *value = phases[b * stride + first + k];
+        }
     }
 }
 
