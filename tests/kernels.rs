@@ -97,12 +97,20 @@ fn convolution_values_and_gradients_match_burn() {
         let ours = ours.unwrap_or_else(|| conv.forward(input()));
         let what = format!("{shape:?} → {:?}", reference.dims());
         assert_eq!(ours.dims(), reference.dims(), "{what}");
-        // Errors relative to the tensor's largest value (at least 1): Winograd's F(4×4, 3×3)
+        // Each entry within 10⁻⁵ relative to max(|entry|, 1); for the Winograd path (3×3,
+        // stride 1, 16 channels or more), relative to the tensor's largest value: F(4×4, 3×3)
         // rounds at about 4·10⁻⁶ of that scale, so an entry much smaller than the largest
-        // carries a larger relative error than it would from a direct sum.
+        // carries a larger relative error than a direct sum would give it. ∂b is a plain sum.
+        let [c_in, c_out] = config.channels;
+        let winograd = config.kernel_size == [3, 3] && config.stride == [1, 1] && c_in.min(c_out) >= 16;
         let close = |what: String, ours: Vec<f64>, reference: Vec<f64>| {
             let scale = reference.iter().fold(1.0f64, |m, v| m.max(v.abs()));
-            assert_close_floor(&what, &ours, &reference, 1e-5, scale);
+            let floor = if winograd && !what.starts_with("∂b") {
+                scale
+            } else {
+                1.0
+            };
+            assert_close_floor(&what, &ours, &reference, 1e-5, floor);
         };
         close(format!("conv {what}"), values(&ours), values(&reference));
 

@@ -46,7 +46,6 @@ mod memory;
 pub mod norm;
 pub mod patches;
 pub mod silu;
-#[macro_use]
 mod simd;
 pub mod winograd;
 
