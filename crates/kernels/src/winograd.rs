@@ -20,11 +20,11 @@
 //! - ∂g is the adjoint of each step: ∂M = A ∂Y Aᵀ per tile, ∂U_ξ = Σ_tiles ∂M_ξ V_ξᵀ (α²
 //!   matrix products again), ∂g = Gᵀ ∂U G.
 //!
-//! Every transform is one two-sided product L X Rᵀ over stacks of vectors ([`left`],
-//! [`right`]). Tiles are taken in blocks of at most [`TILES`], fewer for wide layers so that a
-//! block's transformed values stay within [`BLOCK_VALUES`] (whole images, or bands of tile rows
-//! of a large image); groups of whole images run in parallel, and when there are fewer groups
-//! than threads the channels of each transform do.
+//! Every transform is one two-sided product L X Rᵀ over stacks of vectors (`left`, `right`).
+//! Tiles are taken in blocks of at most 128, fewer for wide layers so that a block's
+//! transformed values stay within 8 MB (whole images, or bands of tile rows of a large image);
+//! groups of whole images run in parallel, and when there are fewer groups than threads the
+//! channels of each transform do.
 
 use std::cell::RefCell;
 use std::ops::Range;
@@ -521,35 +521,22 @@ fn weight_grad_from(f: &Algorithm, du: &[f32], pairs: usize) -> Vec<f32> {
     let mut dw = vec![0.0f32; pairs * 9];
     let buffer = (3 * f.alpha + 9) * PAIRS;
     dw.par_chunks_mut(9 * PAIRS).enumerate().for_each(|(k, out)| {
-        let first = k * PAIRS;
-        with_buffer(&TRANSFORM, buffer, |buffer| {
-            wide!(weight_grad_chunk(
-                f: &Algorithm,
-                du: &[f32],
-                pairs: usize,
-                first: usize,
-                out: &mut [f32],
-                buffer: &mut [f32],
-            ));
+        let du = &du[k * PAIRS..];
+        with_buffer(&TRANSFORM, buffer, |b| {
+            wide!(weight_grad_chunk(f: &Algorithm, du: &[f32], pairs: usize, out: &mut [f32], b: &mut [f32]))
         })
     });
     dw
 }
 
-/// [`weight_grad_from`] for the pairs `first..` whose gradients `out` holds: Gᵀ ∂U, then
-/// (Gᵀ ∂U) G, then the 9 rows interleaved into kernels (`buffer`: (3α + 9)·pairs values).
+/// [`weight_grad_from`] for the pairs whose gradients `out` holds, the first of them at the
+/// start of `du` (rows `pairs` apart): Gᵀ ∂U, then (Gᵀ ∂U) G, then the 9 rows interleaved into
+/// kernels (`buffer`: (3α + 9)·pairs values).
 #[inline(always)]
-fn weight_grad_chunk(
-    f: &Algorithm,
-    du: &[f32],
-    pairs: usize,
-    first: usize,
-    out: &mut [f32],
-    buffer: &mut [f32],
-) {
+fn weight_grad_chunk(f: &Algorithm, du: &[f32], pairs: usize, out: &mut [f32], buffer: &mut [f32]) {
     let (n, alpha) = (out.len() / 9, f.alpha);
     let (t, g) = buffer.split_at_mut(alpha * 3 * n);
-    left(f.g().t(), &du[first..], pairs, alpha, t, n, n);
+    left(f.g().t(), du, pairs, alpha, t, n, n);
     right(f.g().t(), t, n, 3, g, n, n);
     for (uv, row) in g[..9 * n].chunks(n).enumerate() {
         scatter_every::<9>(&mut out[uv..], row);
@@ -613,18 +600,13 @@ fn combine<'a>(out: &mut [f32], coefficients: impl Iterator<Item = f32>, x: impl
 /// group's images; zeros are read outside them. Channels run in parallel when `parallel`.
 fn transform_input(t: &Tiling, x: &[f32], block: &Block, v: &mut [f32], parallel: bool) {
     let size = t.f.positions() * block.tiles(t);
-    each_chunk(v, size, parallel, |c, v| {
-        with_buffer(&TRANSFORM, t.line_len() + 2 * size, |buffer| {
-            wide!(input_channel(
-                t: &Tiling,
-                x: &[f32],
-                block: &Block,
-                c: usize,
-                v: &mut [f32],
-                buffer: &mut [f32],
-            ))
-        })
-    });
+    each_channel(
+        v,
+        size,
+        parallel,
+        t.line_len() + 2 * size,
+        |c, v, buffer| wide!(input_channel(t: &Tiling, x: &[f32], block: &Block, c: usize, v: &mut [f32], buffer: &mut [f32])),
+    );
 }
 
 /// [`transform_input`] for channel `c`: `v` is its `[α², tiles]`. The windows are gathered as
@@ -731,19 +713,14 @@ fn output_rows(t: &Tiling, values: &[f32], block: &Block, image: usize, out: &mu
 /// `[C_out, α², tiles]` from the group's output gradients `dy`, zero beyond the image.
 fn transform_output_grad(t: &Tiling, dy: &[f32], block: &Block, dm: &mut [f32], parallel: bool) {
     let (side, alpha, tiles) = (t.f.m, t.f.alpha, block.tiles(t));
-    let size = (side * side + side * alpha) * tiles;
-    each_chunk(dm, alpha * alpha * tiles, parallel, |o, dm| {
-        with_buffer(&TRANSFORM, size, |buffer| {
-            wide!(output_grad_channel(
-                t: &Tiling,
-                dy: &[f32],
-                block: &Block,
-                o: usize,
-                dm: &mut [f32],
-                buffer: &mut [f32],
-            ));
-        })
-    });
+    let buffer = (side * side + side * alpha) * tiles;
+    each_channel(
+        dm,
+        alpha * alpha * tiles,
+        parallel,
+        buffer,
+        |o, dm, buffer| wide!(output_grad_channel(t: &Tiling, dy: &[f32], block: &Block, o: usize, dm: &mut [f32], buffer: &mut [f32])),
+    );
 }
 
 /// [`transform_output_grad`] for output channel `o`: `dm` is its `[α², tiles]`. The m² phases
@@ -812,6 +789,20 @@ fn interleave<const S: usize>(dst: &mut [f32], phases: &[f32], stride: usize, fi
             *value = phases[b * stride + first + k];
         }
     }
+}
+
+/// Runs `f(channel, chunk, buffer)` over the `len`-value chunks of `out` (one per channel), in
+/// parallel when `parallel`, each with a thread's transform buffer of `buffer` values.
+fn each_channel(
+    out: &mut [f32],
+    len: usize,
+    parallel: bool,
+    buffer: usize,
+    f: impl Fn(usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    each_chunk(out, len, parallel, |c, chunk| {
+        with_buffer(&TRANSFORM, buffer, |b| f(c, chunk, b))
+    });
 }
 
 /// Runs `f(index, chunk)` over the `len`-value chunks of `out`, in parallel when `parallel`.
