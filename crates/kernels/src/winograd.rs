@@ -21,8 +21,9 @@
 //!   matrix products again), ∂g = Gᵀ ∂U G.
 //!
 //! Every transform is one two-sided product L X Rᵀ over stacks of vectors (`left`, `right`).
-//! Tiles are taken in blocks of at most 128, fewer for wide layers so that a block's
-//! transformed values stay within 8 MB (whole images, or bands of tile rows of a large image);
+//! Tiles are taken in blocks of at most 128, fewer for layers of more than about 900 channels
+//! so that a block's transformed values stay within 32 MB (whole images, or bands of tile rows
+//! of a large image);
 //! groups of whole images run in parallel, and when there are fewer groups than threads the
 //! channels of each transform do.
 
@@ -182,17 +183,22 @@ fn algorithm_for(output: [usize; 2]) -> &'static Algorithm {
 /// that they cover images taken in bands and several images per block).
 const TILES: usize = if cfg!(test) { 5 } else { 128 };
 
-/// The most transformed values (input and output sides together, 8 MB of f32) a block holds;
+/// The most transformed values (input and output sides together, 32 MB of f32) a block holds;
 /// wide layers take fewer than [`TILES`] tiles at once, never fewer than [`MIN_TILES`].
-const BLOCK_VALUES: usize = 1 << 21;
+const BLOCK_VALUES: usize = 1 << 23;
 
 /// The fewest tiles a block of a wide layer takes (a matrix product narrower than this wastes
 /// its micro-kernel).
 const MIN_TILES: usize = if cfg!(test) { 1 } else { 32 };
 
 /// Images whose weight-gradient terms one task sums, in order (at least, unless the batch is
-/// smaller; more for small images, to fill a block).
+/// smaller; more for small images, to fill a block, and for large batches, to keep to
+/// [`MAX_GROUPS`]).
 const GROUP: usize = 4;
+
+/// The most groups of images whose ∂U (α² values per channel pair) are held at once before
+/// they are summed: 4 × 36 × 512² values (151 MB) for a 512-channel layer, whatever the batch.
+const MAX_GROUPS: usize = 4;
 
 /// Below this many input or output channels the im2col product is as fast (the first and last
 /// layers of an image network, with 3 channels).
@@ -382,9 +388,9 @@ fn conv2d_input_grad_with(
     convolve(&Tiling::input_grad(f, p, c_out), dy, &u, &vec![0.0; c_in])
 }
 
-/// [`conv2d_weight_grad`] by the algorithm `f`. Each group of images sums its ∂U over its tiles
-/// and turns it into a kernel gradient; the groups' gradients are then summed in a fixed order,
-/// so the result does not depend on the number of threads.
+/// [`conv2d_weight_grad`] by the algorithm `f`. Each group of images sums its ∂U over its
+/// tiles; the groups' ∂U are summed in a fixed order (so the result does not depend on the
+/// number of threads) and turned into the kernel gradient once.
 fn conv2d_weight_grad_with(
     f: &'static Algorithm,
     x: &[f32],
@@ -394,39 +400,40 @@ fn conv2d_weight_grad_with(
 ) -> Vec<f32> {
     let t = Tiling::forward(f, p, c_out);
     let (c_in, pairs, xis) = (t.channels, c_out * p.channels, f.positions());
-    let per_group = GROUP.max(t.images_per_block()).min(t.batch.max(1));
-    let mut partial = vec![0.0f32; t.batch.div_ceil(per_group).max(1) * 9 * pairs];
-    per_chunk(&mut partial, 9 * pairs, |g, dw, parallel| {
+    let per_group = GROUP
+        .max(t.images_per_block())
+        .max(t.batch.div_ceil(MAX_GROUPS))
+        .min(t.batch.max(1));
+    let size = xis * pairs;
+    let mut partial = vec![0.0f32; t.batch.div_ceil(per_group).max(1) * size];
+    per_chunk(&mut partial, size, |g, du, parallel| {
         let first = g * per_group;
         let images = per_group.min(t.batch - first);
         let x = &x[first * t.image_len()..][..images * t.image_len()];
         let dy = &dy[first * t.output_len()..][..images * t.output_len()];
-        with_buffer(&GRADIENT, xis * pairs, |du| {
-            du.fill(0.0);
-            for block in t.blocks(images) {
-                let tiles = block.tiles(&t);
-                with_scratch(xis * (c_in + c_out) * tiles, |buffer| {
-                    let (v, dm) = buffer.split_at_mut(xis * c_in * tiles);
-                    transform_input(&t, x, &block, v, parallel);
-                    transform_output_grad(&t, dy, &block, dm, parallel);
-                    for xi in 0..xis {
-                        let dm = Mat::strided(&dm[xi * tiles..], c_out, tiles, xis * tiles);
-                        let v = Mat::strided(&v[xi * tiles..], c_in, tiles, xis * tiles);
-                        matmul(&mut du[xi * pairs..], c_in, dm, v.t(), true, parallel);
-                    }
-                });
-            }
-            dw.copy_from_slice(&weight_grad_from(f, du, pairs));
-        });
-    });
-    let (total, rest) = partial.split_at_mut(9 * pairs);
-    for group in rest.chunks(9 * pairs) {
-        for (a, b) in total.iter_mut().zip(group) {
-            *a += b;
+        for block in t.blocks(images) {
+            let tiles = block.tiles(&t);
+            with_scratch(xis * (c_in + c_out) * tiles, |buffer| {
+                let (v, dm) = buffer.split_at_mut(xis * c_in * tiles);
+                transform_input(&t, x, &block, v, parallel);
+                transform_output_grad(&t, dy, &block, dm, parallel);
+                for xi in 0..xis {
+                    let dm = Mat::strided(&dm[xi * tiles..], c_out, tiles, xis * tiles);
+                    let v = Mat::strided(&v[xi * tiles..], c_in, tiles, xis * tiles);
+                    matmul(&mut du[xi * pairs..], c_in, dm, v.t(), true, parallel);
+                }
+            });
         }
-    }
-    partial.truncate(9 * pairs);
-    partial
+    });
+    let (total, rest) = partial.split_at_mut(size);
+    total.par_chunks_mut(4096).enumerate().for_each(|(k, sum)| {
+        for group in rest.chunks(size) {
+            for (a, b) in sum.iter_mut().zip(&group[k * 4096..]) {
+                *a += b;
+            }
+        }
+    });
+    weight_grad_from(f, total, pairs)
 }
 
 /// The convolution of `t` with transformed weights `u` (`[α², C_out, C_in]`), plus `bias`.
@@ -461,8 +468,6 @@ thread_local! {
     /// The buffers of the transforms inside a block and of the weight transforms (the blocks
     /// themselves live in `conv`'s buffer).
     static TRANSFORM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
-    /// A group's ∂U, summed over its blocks.
-    static GRADIENT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Channel pairs whose kernels one task transforms at once.
