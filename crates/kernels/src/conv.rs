@@ -24,8 +24,9 @@ use crate::lanes;
 use crate::patches::{Patches, col2im, im2col};
 use crate::winograd;
 
-/// Images whose weight-gradient terms are summed by one task, in order.
-const GROUP: usize = 4;
+/// Images whose weight-gradient terms are summed by one task, in order (here and in
+/// [`winograd`]).
+pub(crate) const GROUP: usize = 4;
 
 /// The most values of a patch matrix built at once (4 MB of f32; a few rows in the unit tests,
 /// so that they cover images taken in several bands).

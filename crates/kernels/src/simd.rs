@@ -8,13 +8,10 @@
 /// each version) built a second time for AVX2 and FMA, which runs where the CPU has them:
 /// `wide!(body(a: &[f32], n: usize))` calls `body(a, n)` with the variables `a` and `n`.
 macro_rules! wide {
-    ($body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
-        $crate::simd::wide!($body($($arg: $ty),*) -> ())
-    };
-    ($body:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty) => {{
+    ($body:ident($($arg:ident: $ty:ty),* $(,)?)) => {{
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        fn avx2_fma($($arg: $ty),*) -> $ret {
+        fn avx2_fma($($arg: $ty),*) {
             $body($($arg),*)
         }
         #[cfg(target_arch = "x86_64")]

@@ -7,9 +7,9 @@
 //! with α² multiplications where the direct form takes 9m². Summed over input channels, the
 //! element-wise product becomes α² matrix products, one per tile position ξ (Lavin & Gray,
 //! eq. 12): M_ξ = U_ξ · V_ξ, with U_ξ = (G g Gᵀ)_ξ as a `[C_out, C_in]` matrix and
-//! V_ξ = (Bᵀ d B)_ξ as `[C_in, tiles]`. [`F2`], F(2×2, 3×3), does 2.25× fewer multiply–adds
+//! V_ξ = (Bᵀ d B)_ξ as `[C_in, tiles]`. F(2×2, 3×3) does 2.25× fewer multiply–adds
 //! than the im2col product of [`conv`](crate::conv); its transforms hold only 0, ±1 and ½,
-//! which are exact in binary (their sums still round). [`F4`], F(4×4, 3×3), does 4× fewer,
+//! which are exact in binary (their sums still round). F(4×4, 3×3) does 4× fewer,
 //! and its transforms (entries up to 8 and ¹⁄₂₄) round at about 4·10⁻⁶ of the output's scale
 //! (30-odd units in the last place, 10–30× the im2col product's rounding). Outputs of 4×4 or
 //! more take F4.
@@ -32,7 +32,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::conv::{per_chunk, with_buffer, with_scratch};
+use crate::conv::{GROUP, per_chunk, with_buffer, with_scratch};
 use crate::gemm::{Mat, matmul};
 use crate::patches::Patches;
 use crate::simd::wide;
@@ -40,7 +40,7 @@ use crate::simd::wide;
 /// A Winograd algorithm F(m×m, 3×3): output tiles of m×m from input tiles of α×α, α = m + 2,
 /// with the transforms Bᵀ (α×α), G (α×3) and Aᵀ (m×α), row-major.
 #[derive(Debug)]
-pub struct Algorithm {
+struct Algorithm {
     m: usize,
     alpha: usize,
     bt: &'static [f32],
@@ -49,7 +49,7 @@ pub struct Algorithm {
 }
 
 /// F(2×2, 3×3) (Lavin & Gray 2016, §4.1).
-pub static F2: Algorithm = Algorithm {
+static F2: Algorithm = Algorithm {
     m: 2,
     alpha: 4,
     #[rustfmt::skip]
@@ -74,7 +74,7 @@ pub static F2: Algorithm = Algorithm {
 };
 
 /// F(4×4, 3×3) at the points 0, ±1, ±2 and ∞ (Lavin & Gray 2016, §4.2).
-pub static F4: Algorithm = Algorithm {
+static F4: Algorithm = Algorithm {
     m: 4,
     alpha: 6,
     #[rustfmt::skip]
@@ -191,13 +191,9 @@ const BLOCK_VALUES: usize = 1 << 23;
 /// its micro-kernel).
 const MIN_TILES: usize = if cfg!(test) { 1 } else { 32 };
 
-/// Images whose weight-gradient terms one task sums, in order (at least, unless the batch is
-/// smaller; more for small images, to fill a block, and for large batches, to keep to
-/// [`MAX_GROUPS`]).
-const GROUP: usize = 4;
-
-/// The most groups of images whose ∂U (α² values per channel pair) are held at once before
-/// they are summed: 4 × 36 × 512² values (151 MB) for a 512-channel layer, whatever the batch.
+/// The most groups of images (of at least [`GROUP`], more for small images to fill a block or
+/// for large batches) whose ∂U (α² values per channel pair) are held at once before they are
+/// summed: 4 × 36 × 512² values (151 MB) for a 512-channel layer, whatever the batch.
 const MAX_GROUPS: usize = 4;
 
 /// Below this many input or output channels the im2col product is as fast (the first and last
