@@ -33,6 +33,7 @@ def cases(n):
         (f"SiLU, 32 ch, 32×32", (n, 32, 32, 32), F.silu),
         ("attention, 256 tokens, 6 heads of 64", (n, 1, 256, 384), attention),
         ("GELU (tanh), 256 tokens × 1536", (n, 1, 256, 1536), lambda x: F.gelu(x, approximate="tanh")),
+        ("linear 384→1536, 256 tokens", (n, 1, 256, 384), torch.nn.Linear(384, 1536)),
     ]
 
 

@@ -13,6 +13,7 @@
 use burn::module::Module;
 use burn::nn::{GroupNorm, Linear};
 use burn::tensor::{Device, Tensor};
+use diffusion_kernels::linear;
 
 use crate::init::SeededInit;
 use crate::ops::{from_tokens, to_tokens};
@@ -69,10 +70,9 @@ impl Attention {
     /// Attends from `x` (`[B, N, C]`) to `context` (`[B, L, C_ctx]`, or `x` itself).
     pub fn forward(&self, x: Tensor<3>, context: Option<Tensor<3>>) -> Tensor<3> {
         let context = context.unwrap_or_else(|| x.clone());
-        let q = self.to_q.forward(x);
-        let (k, v) = (self.to_k.forward(context.clone()), self.to_v.forward(context));
-        self.to_out
-            .forward(diffusion_kernels::attention(q, k, v, self.heads))
+        let q = linear(&self.to_q, x);
+        let (k, v) = (linear(&self.to_k, context.clone()), linear(&self.to_v, context));
+        linear(&self.to_out, diffusion_kernels::attention(q, k, v, self.heads))
     }
 }
 

@@ -15,7 +15,7 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use diffusion_kernels::{conv2d, modulated_layer_norm, silu};
+use diffusion_kernels::{conv2d, gelu_tanh, linear, modulated_layer_norm, silu};
 use serde::{Deserialize, Serialize};
 
 use crate::attention::Attention;
@@ -327,7 +327,7 @@ impl DiT {
             ..SinusoidalOptions::default()
         };
         let sin = sinusoidal_embedding(t.clone(), FREQ_DIM, &options);
-        let time = e.time.linear_2.forward(silu(e.time.linear_1.forward(sin)));
+        let time = linear(&e.time.linear_2, silu(linear(&e.time.linear_1, sin)));
         let [n] = labels.dims();
         time + e
             .classes
@@ -413,7 +413,7 @@ impl DiT {
             } else {
                 shared.clone()
             };
-            let m = block.modulation.forward(silu(c));
+            let m = linear(&block.modulation, silu(c));
             let chunk = |i: usize| m.clone().slice([0..b, i * d..(i + 1) * d]);
             let (shift_msa, scale_msa, gate_msa) = (chunk(0), chunk(1), chunk(2));
             let (shift_mlp, scale_mlp, gate_mlp) = (chunk(3), chunk(4), chunk(5));
@@ -423,17 +423,12 @@ impl DiT {
                 h = h.clone() + attn2.forward(h, Some(ctx.clone()));
             }
             let n = modulated_layer_norm(h.clone(), shift_mlp, scale_mlp, s.mlp_norm_eps);
-            let mlp = block
-                .ff
-                .out
-                .forward(crate::ops::gelu_tanh(block.ff.proj.forward(n)));
+            let mlp = linear(&block.ff.out, gelu_tanh(linear(&block.ff.proj, n)));
             h = h + mlp * gate_mlp.reshape([b, 1, d]);
         }
-        let m = self.proj_out_1.forward(silu(shared));
+        let m = linear(&self.proj_out_1, silu(shared));
         let (shift, scale) = (m.clone().slice([0..b, 0..d]), m.slice([0..b, d..2 * d]));
-        let h = self
-            .proj_out_2
-            .forward(modulated_layer_norm(h, shift, scale, 1e-6));
+        let h = linear(&self.proj_out_2, modulated_layer_norm(h, shift, scale, 1e-6));
         // Unpatchify: token (i, j), within it (r, s, c) → out[c, i p + r, j p + s].
         h.reshape([b, g, g, p, p, s.out_channels])
             .permute([0, 5, 1, 3, 2, 4])

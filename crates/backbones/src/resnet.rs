@@ -116,7 +116,7 @@ impl ResnetBlock {
         let x = resample(x);
         let h = conv2d(&self.conv1, h);
         let [b, c, _, _] = h.dims();
-        let t = self.time_emb_proj.forward(silu(emb.clone()));
+        let t = kernels::linear(&self.time_emb_proj, silu(emb.clone()));
         let h = if self.scale_shift {
             let scale = t.clone().slice([0..b, 0..c]).reshape([b, c, 1, 1]);
             let shift = t.slice([0..b, c..2 * c]).reshape([b, c, 1, 1]);

@@ -29,11 +29,11 @@ pub struct GegluFeedForward {
 impl GegluFeedForward {
     fn forward(&self, h: Tensor<3>) -> Tensor<3> {
         let [b, n, _] = h.dims();
-        let a = self.proj.forward(h);
+        let a = kernels::linear(&self.proj, h);
         let inner = a.dims()[2] / 2;
         let value = a.clone().slice([0..b, 0..n, 0..inner]);
         let gate = a.slice([0..b, 0..n, inner..2 * inner]);
-        self.out.forward(value * gelu(gate))
+        kernels::linear(&self.out, value * gelu(gate))
     }
 }
 

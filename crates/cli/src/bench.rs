@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::conv::Conv2dConfig;
-use burn::nn::{GroupNormConfig, PaddingConfig2d};
+use burn::nn::{GroupNormConfig, LinearConfig, PaddingConfig2d};
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::Distribution;
 use burn::tensor::activation::silu;
@@ -204,6 +204,14 @@ fn kernel_cases(n: usize, device: &Device) -> Vec<KernelCase> {
             diffusion_kernels::attention(x.clone(), x.clone(), x, 6).reshape([n, 1, tokens, width])
         }),
     };
+    let mlp = LinearConfig::new(width, 1536).init(device);
+    let same = mlp.clone();
+    let linear_case = KernelCase {
+        name: format!("linear {width}→1536, {tokens} tokens"),
+        shape: [n, 1, tokens, width],
+        burn: Box::new(move |x| mlp.forward(x)),
+        kernels: Box::new(move |x| diffusion_kernels::linear(&same, x)),
+    };
     let gelu_case = KernelCase {
         name: format!("GELU (tanh), {tokens} tokens × 1536"),
         shape: [n, 1, tokens, 1536],
@@ -222,6 +230,7 @@ fn kernel_cases(n: usize, device: &Device) -> Vec<KernelCase> {
         silu_case(32, 32),
         attention_case,
         gelu_case,
+        linear_case,
     ]
 }
 

@@ -12,6 +12,7 @@ use burn_flex::FlexTensor;
 
 use crate::attention::{self, AttentionSpec};
 use crate::layer_norm::{self, LayerNormSpec};
+use crate::linear::{self, LinearSpec};
 use crate::norm::{self, GroupNormSpec, Layout};
 use crate::patches::Patches;
 use crate::{conv, gelu, silu};
@@ -44,6 +45,21 @@ pub trait CpuKernels: Backend {
     ) -> FloatTensor<Self>;
     /// ∂bias of the convolution from ∂y: `[C_out]`.
     fn patch_conv2d_bias_grad(grad: FloatTensor<Self>, patches: Patches) -> FloatTensor<Self>;
+    /// x w + b of rows x `[R, I]`, weight `[I, O]` and bias `[O]`: `[R, O]`.
+    fn linear_rows(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        spec: LinearSpec,
+    ) -> FloatTensor<Self>;
+    /// (∂x, ∂w, ∂b) of `linear_rows` from ∂y.
+    fn linear_rows_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        spec: LinearSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
     /// x · σ(x).
     fn silu(x: FloatTensor<Self>) -> FloatTensor<Self>;
     /// grad · σ(x) (1 + x (1 − σ(x))): the gradient of `silu` at x.
@@ -182,6 +198,32 @@ impl CpuKernels for Flex {
             with_f32(&grad, |g| conv::conv2d_weight_grad(x, g, &p, shape[0]))
         });
         from_vec(dw, shape)
+    }
+
+    fn linear_rows(x: FlexTensor, weight: FlexTensor, bias: FlexTensor, spec: LinearSpec) -> FlexTensor {
+        let y = with_f32(&x, |x| {
+            with_f32(&weight, |w| with_f32(&bias, |b| linear::linear(x, w, b, &spec)))
+        });
+        from_vec(y, vec![spec.rows, spec.outputs])
+    }
+
+    fn linear_rows_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        _: FlexTensor,
+        grad: FlexTensor,
+        spec: LinearSpec,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (dx, dw, db) = with_f32(&x, |x| {
+            with_f32(&weight, |w| {
+                with_f32(&grad, |g| linear::linear_backward(x, w, g, &spec))
+            })
+        });
+        (
+            from_vec(dx, vec![spec.rows, spec.inputs]),
+            from_vec(dw, vec![spec.inputs, spec.outputs]),
+            from_vec(db, vec![spec.outputs]),
+        )
     }
 
     fn silu(x: FlexTensor) -> FlexTensor {
@@ -396,6 +438,36 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
     ) -> FloatTensor<Self> {
         let options = options(&p, &weight.shape());
         Self::conv2d_weight_backward(x, weight, grad, options)
+    }
+
+    fn linear_rows(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        spec: LinearSpec,
+    ) -> FloatTensor<Self> {
+        ternary::<B, C, _>(
+            [x, weight, bias],
+            spec,
+            |[x, weight, bias], spec| B::linear_rows(x, weight, bias, spec),
+            |[x, weight, bias], grad, spec| B::linear_rows_backward(x, weight, bias, grad, spec).into(),
+        )
+    }
+
+    /// ∂x = ∂y wᵀ, ∂w = xᵀ ∂y, ∂b = Σ_rows ∂y, from differentiable operations (not reached
+    /// today: see [`CpuKernels::patch_conv2d_input_grad`] of this impl).
+    fn linear_rows_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        _: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        spec: LinearSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let t = |m| Self::float_swap_dims(m, 0, 1);
+        let dx = Self::float_matmul(grad.clone(), t(weight));
+        let dw = Self::float_matmul(t(x), grad.clone());
+        let db = Self::float_reshape(Self::float_sum_dim(grad, 0), Shape::new([spec.outputs]));
+        (dx, dw, db)
     }
 
     fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -841,5 +913,26 @@ mod tests {
         close(fallback.0, kernel.0, "∂x");
         close(fallback.1, kernel.1, "∂shift");
         close(fallback.2, kernel.2, "∂scale");
+    }
+
+    #[test]
+    fn linear_gradient_fallback_matches_the_kernel() {
+        let spec = LinearSpec {
+            rows: 6,
+            inputs: 5,
+            outputs: 4,
+        };
+        let [x, x_ad] = pair([6, 5], 18);
+        let [w, w_ad] = pair([5, 4], 19);
+        let [b, b_ad] = pair([4], 20);
+        let [g, g_ad] = pair([6, 4], 21);
+        let y = <Dispatch as CpuKernels>::linear_rows(x.clone(), w.clone(), b.clone(), spec);
+        let y_ad = <Dispatch as CpuKernels>::linear_rows(x_ad.clone(), w_ad.clone(), b_ad.clone(), spec);
+        close(y_ad, y, "y");
+        let kernel = <Dispatch as CpuKernels>::linear_rows_backward(x, w, b, g, spec);
+        let fallback = <Dispatch as CpuKernels>::linear_rows_backward(x_ad, w_ad, b_ad, g_ad, spec);
+        close(fallback.0, kernel.0, "∂x");
+        close(fallback.1, kernel.1, "∂w");
+        close(fallback.2, kernel.2, "∂b");
     }
 }

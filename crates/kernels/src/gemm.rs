@@ -45,6 +45,11 @@ impl<'a> Mat<'a> {
         m
     }
 
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
     /// The transpose, as a view of the same values.
     pub fn t(self) -> Self {
         Self {

@@ -27,10 +27,14 @@
 //!   head's scores at a time, recomputing them in the backward pass from the log-sum-exp
 //!   ([`mod@attention`]); burn's autodiff composes it from products and a softmax whose
 //!   B·H·N·L intermediates it keeps;
+//! - a linear layer on `[B, N, I]` tokens is one matrix product over all B·N rows with the bias
+//!   accumulated into, and its weight gradient one product whose inner dimension runs over
+//!   the rows ([`mod@linear`]), where burn runs B products and sums B weight gradients;
 //! - [`keep_freed_memory`] stops glibc's allocator from unmapping large freed blocks, whose
 //!   pages the kernel would zero again on reuse (for every backend on the CPU).
 //!
-//! [`conv2d`], [`group_norm`], [`group_norm_silu`], [`silu()`], [`gelu_tanh()`], [`modulated_layer_norm`] and [`attention()`] take these paths for f32
+//! [`conv2d`], [`linear()`], [`group_norm`], [`group_norm_silu`], [`silu()`], [`gelu_tanh()`],
+//! [`modulated_layer_norm`] and [`attention()`] take these paths for f32
 //! tensors on flex devices (with or without autodiff) when the `flex` feature is on, and
 //! burn's own operations everywhere else, so a model computes the same function on every
 //! backend ([`applies_to`] says which).
@@ -42,6 +46,7 @@ pub mod gelu;
 mod gemm;
 mod lanes;
 pub mod layer_norm;
+pub mod linear;
 mod memory;
 pub mod norm;
 pub mod patches;
@@ -54,12 +59,13 @@ mod extension;
 #[cfg(feature = "flex")]
 mod route;
 
-use burn::nn::GroupNorm;
 use burn::nn::conv::Conv2d;
+use burn::nn::{GroupNorm, Linear};
 use burn::tensor::Tensor;
 
 pub use attention::AttentionSpec;
 pub use layer_norm::LayerNormSpec;
+pub use linear::LinearSpec;
 pub use memory::keep_freed_memory;
 pub use norm::GroupNormSpec;
 pub use patches::Patches;
@@ -79,6 +85,25 @@ pub fn try_conv2d(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
     #[cfg(not(feature = "flex"))]
     {
         let _ = (conv, x);
+        None
+    }
+}
+
+/// `layer.forward(x)`, y = x W + b over the last dimension of `x` (`[..., I]`): the
+/// [`mod@linear`] kernel where [`try_linear`] takes it, burn's layer elsewhere.
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    try_linear(layer, x.clone()).unwrap_or_else(|| layer.forward(x))
+}
+
+/// The linear layer through the kernels, every row of the batch in one matrix product: `Some`
+/// for f32 tensors on flex (with the `flex` feature) of at least two non-empty dimensions
+/// whose last is the layer's input width; `None` otherwise, where [`linear()`] uses burn's.
+pub fn try_linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Option<Tensor<D>> {
+    #[cfg(feature = "flex")]
+    return route::linear(layer, x);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (layer, x);
         None
     }
 }

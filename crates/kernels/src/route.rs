@@ -2,12 +2,13 @@
 
 use burn::backend::{Dispatch, DispatchDevice};
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, PaddingConfig2d};
+use burn::nn::{GroupNorm, Linear, PaddingConfig2d};
 use burn::tensor::{DType, Tensor};
 
 use crate::attention::AttentionSpec;
 use crate::extension::CpuKernels;
 use crate::layer_norm::LayerNormSpec;
+use crate::linear::LinearSpec;
 use crate::norm::GroupNormSpec;
 use crate::patches::Patches;
 
@@ -79,6 +80,41 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
         p,
     );
     Some(Tensor::from_dispatch(y))
+}
+
+/// The linear layer through the kernels on the input's rows, or `None` where they do not apply
+/// (another backend or dtype, fewer than two or empty dimensions, a last dimension that is not
+/// the layer's input width).
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Option<Tensor<D>> {
+    let weight = layer.weight.val();
+    let [inputs, outputs] = weight.dims();
+    let dims = x.dims();
+    let fits = D >= 2 && dims.iter().all(|&d| d > 0) && dims[D - 1] == inputs && outputs > 0;
+    if !fits || !on_flex(&x) || !on_flex(&weight) {
+        return None;
+    }
+    let bias = match &layer.bias {
+        Some(bias) => bias.val(),
+        None => Tensor::zeros([outputs], &x.device()),
+    };
+    if !on_flex(&bias) {
+        return None;
+    }
+    let spec = LinearSpec {
+        rows: dims[..D - 1].iter().product(),
+        inputs,
+        outputs,
+    };
+    let rows = x.reshape([spec.rows, inputs]);
+    let y = <Dispatch as CpuKernels>::linear_rows(
+        rows.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        spec,
+    );
+    let mut out = dims;
+    out[D - 1] = outputs;
+    Some(Tensor::<2>::from_dispatch(y).reshape(out))
 }
 
 /// The padding as (top, bottom), (left, right), unless it depends on the input (`Same`).

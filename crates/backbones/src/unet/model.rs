@@ -6,7 +6,7 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Embedding, GroupNorm, Linear, PaddingConfig2d};
 use burn::tensor::{Device, Int, Tensor};
-use diffusion_kernels::{conv2d, group_norm_silu, silu};
+use diffusion_kernels::{conv2d, group_norm_silu, linear, silu};
 
 use super::config::{DownBlockKind, Resampling, UNetConfig, UpBlockKind};
 use crate::attention::{Attention, SpatialSelfAttention};
@@ -340,10 +340,8 @@ impl UNet {
     /// The conditioning vector: the MLP of the timestep embedding plus the class embedding.
     pub fn embed(&self, t: Tensor<1>, class_labels: Option<&Tensor<1, Int>>) -> Tensor<2> {
         let sin = sinusoidal_embedding(t, self.embed_dim, &self.embedding);
-        let emb = self
-            .time_embedding
-            .linear_2
-            .forward(silu(self.time_embedding.linear_1.forward(sin)));
+        let e = &self.time_embedding;
+        let emb = linear(&e.linear_2, silu(linear(&e.linear_1, sin)));
         match (&self.class_embedding, class_labels) {
             (Some(table), Some(labels)) => {
                 let [n] = labels.dims();
