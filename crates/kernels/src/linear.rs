@@ -1,17 +1,18 @@
-//! A linear layer on token-major rows, y = x W + b, forward and backward, as single matrix
-//! products over every row of the batch:
+//! A linear layer on token-major rows, y = x W + b, forward and backward, over every row of
+//! the batch at once:
 //!
 //! - y = x W + b: the bias is written into the output first and the product accumulated onto
 //!   it, so no pass adds it afterwards;
-//! - ∂x = ∂y Wᵀ, ∂W = xᵀ ∂y (one product whose inner dimension runs over all rows), and
+//! - ∂x = ∂y Wᵀ; ∂W = xᵀ ∂y, one product whose inner dimension runs over all rows; and
 //!   ∂b = Σ_rows ∂y.
 //!
-//! x is `[R, I]` (the rows of a `[..., I]` tensor), W `[I, O]` as burn stores it, b `[O]`. burn's
-//! composition of a linear layer on a `[B, N, I]` input runs B products of N rows, repacking
-//! W for each, and differentiates the weight as B products `[I, N] × [N, O]` summed afterwards
-//! (B·I·O values written and read again); here the weight gradient is one product and the sum
-//! over rows happens inside it. The products never split their inner dimension and ∂b sums each
-//! column in row order, so the results do not depend on the number of threads.
+//! x is `[R, I]` (the rows of a `[..., I]` tensor), W `[I, O]` as burn stores it, b `[O]`.
+//! burn's composition of a linear layer on a `[B, N, I]` input differentiates the weight as B
+//! products `[I, N] × [N, O]` summed afterwards (B·I·O values written and read again), and adds
+//! the bias in a pass of its own; here the sum over rows happens inside one product. The
+//! products of y and ∂x run in independent blocks of rows; no product splits its inner
+//! dimension and ∂b sums each column in row order, so the results do not depend on the number
+//! of threads.
 
 use rayon::prelude::*;
 
@@ -69,8 +70,9 @@ fn by_rows(dst: &mut [f32], lhs: &[f32], rows: usize, k: usize, rhs: Mat, accumu
     if rows <= ROW_BLOCK || k == 0 {
         return matmul(dst, n, Mat::new(lhs, rows, k), rhs, accumulate, true);
     }
-    dst.par_chunks_mut(ROW_BLOCK * n)
-        .zip(lhs.par_chunks(ROW_BLOCK * k))
+    dst[..rows * n]
+        .par_chunks_mut(ROW_BLOCK * n)
+        .zip(lhs[..rows * k].par_chunks(ROW_BLOCK * k))
         .for_each(|(dst, lhs)| matmul(dst, n, Mat::new(lhs, lhs.len() / k, k), rhs, accumulate, false));
 }
 
