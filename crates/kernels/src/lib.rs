@@ -27,9 +27,10 @@
 //!   head's scores at a time, recomputing them in the backward pass from the log-sum-exp
 //!   ([`mod@attention`]); burn's autodiff composes it from products and a softmax whose
 //!   B·H·N·L intermediates it keeps;
-//! - a linear layer on `[B, N, I]` tokens is one matrix product over all B·N rows with the bias
-//!   accumulated into, and its weight gradient one product whose inner dimension runs over
-//!   the rows ([`mod@linear`]), where burn runs B products and sums B weight gradients;
+//! - a linear layer on `[B, N, I]` tokens takes all B·N rows at once, in blocks of 256, with
+//!   the bias accumulated into the output, and its weight gradient is one product whose inner
+//!   dimension runs over the rows ([`mod@linear`]), where burn (through its `Dispatch`
+//!   backend) sums B weight gradients;
 //! - [`keep_freed_memory`] stops glibc's allocator from unmapping large freed blocks, whose
 //!   pages the kernel would zero again on reuse (for every backend on the CPU).
 //!
@@ -95,7 +96,7 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
     try_linear(layer, x.clone()).unwrap_or_else(|| layer.forward(x))
 }
 
-/// The linear layer through the kernels, every row of the batch in one matrix product: `Some`
+/// The linear layer through the kernels, every row of the batch at once: `Some`
 /// for f32 tensors on flex (with the `flex` feature) of at least two non-empty dimensions
 /// whose last is the layer's input width; `None` otherwise, where [`linear()`] uses burn's.
 pub fn try_linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Option<Tensor<D>> {

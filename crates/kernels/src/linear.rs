@@ -9,10 +9,13 @@
 //! x is `[R, I]` (the rows of a `[..., I]` tensor), W `[I, O]` as burn stores it, b `[O]`.
 //! burn's composition of a linear layer on a `[B, N, I]` input differentiates the weight as B
 //! products `[I, N] × [N, O]` summed afterwards (B·I·O values written and read again), and adds
-//! the bias in a pass of its own; here the sum over rows happens inside one product. The
-//! products of y and ∂x run in independent blocks of rows; no product splits its inner
-//! dimension and ∂b sums each column in row order, so the results do not depend on the number
-//! of threads.
+//! the bias in a pass of its own; here the sum over rows happens inside one product. (burn's
+//! own autodiff `linear` computes ∂W as one product too, but the `Dispatch` backend of burn
+//! 0.22 does not forward `ModuleOps::linear` and composes the layer from a broadcast batched
+//! product, which burn keeps batched when N is a multiple of 32.) The products of y and ∂x run
+//! in blocks of a fixed number of rows; the blocks, the GEMM's blocking of the inner dimension
+//! and the order of ∂b's sums depend on the shapes alone, so the results do not depend on the
+//! number of threads.
 
 use rayon::prelude::*;
 
@@ -63,11 +66,11 @@ const ROW_BLOCK: usize = 256;
 
 /// dst = lhs · rhs (dst += when `accumulate`) for a row-major `lhs` of `rows × k`, as
 /// independent products of [`ROW_BLOCK`] rows in parallel, which keep both cores busier than one
-/// product split across them; a single block splits its product over the threads instead. Each
-/// row's values do not depend on the split: the products never split their inner dimension.
+/// product split across them; a single block splits its product over the threads instead. The
+/// blocks depend on `rows` alone, never on the number of threads.
 fn by_rows(dst: &mut [f32], lhs: &[f32], rows: usize, k: usize, rhs: Mat, accumulate: bool) {
     let n = rhs.cols();
-    if rows <= ROW_BLOCK || k == 0 {
+    if rows <= ROW_BLOCK || k == 0 || n == 0 {
         return matmul(dst, n, Mat::new(lhs, rows, k), rhs, accumulate, true);
     }
     dst[..rows * n]
@@ -171,11 +174,11 @@ mod tests {
         // The small shapes: on the large one, the rounding of x + εδ to f32 alone moves the
         // difference quotient by ~10⁻³ (the test below checks it against the definition).
         for s in &SHAPES[..3] {
-            let inputs = inputs(&s);
+            let inputs = inputs(s);
             let dy = values(s.rows * s.outputs, 0.23);
-            let (dx, dw, db) = linear_backward(&inputs[0], &inputs[1], &dy, &s);
+            let (dx, dw, db) = linear_backward(&inputs[0], &inputs[1], &dy, s);
             let loss = |t: &[Vec<f32>; 3]| {
-                let y = reference(&t[0], &t[1], &t[2], &s);
+                let y = reference(&t[0], &t[1], &t[2], s);
                 y.iter().zip(&dy).map(|(y, &g)| y * g as f64).sum()
             };
             crate::assert_gradients_match_finite_differences(&inputs, [&dx, &dw, &db], loss, 1e-4);

@@ -1,9 +1,10 @@
 //! Which tensors the kernels take: f32 on a flex device, with or without autodiff.
 
 use burn::backend::{Dispatch, DispatchDevice};
+use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{GroupNorm, Linear, PaddingConfig2d};
-use burn::tensor::{DType, Tensor};
+use burn::tensor::{DType, Device, Tensor};
 
 use crate::attention::AttentionSpec;
 use crate::extension::CpuKernels;
@@ -66,13 +67,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
     if p.channels != c_in {
         return None;
     }
-    let bias = match &conv.bias {
-        Some(bias) => bias.val(),
-        None => Tensor::zeros([c_out], &x.device()),
-    };
-    if !on_flex(&bias) {
-        return None;
-    }
+    let bias = flex_bias(conv.bias.as_ref(), c_out, &x.device())?;
     let y = <Dispatch as CpuKernels>::patch_conv2d(
         x.into_dispatch(),
         weight.into_dispatch(),
@@ -93,13 +88,7 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Option<Tensor<D>>
     if !fits || !on_flex(&x) || !on_flex(&weight) {
         return None;
     }
-    let bias = match &layer.bias {
-        Some(bias) => bias.val(),
-        None => Tensor::zeros([outputs], &x.device()),
-    };
-    if !on_flex(&bias) {
-        return None;
-    }
+    let bias = flex_bias(layer.bias.as_ref(), outputs, &x.device())?;
     let spec = LinearSpec {
         rows: dims[..D - 1].iter().product(),
         inputs,
@@ -115,6 +104,12 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Option<Tensor<D>>
     let mut out = dims;
     out[D - 1] = outputs;
     Some(Tensor::<2>::from_dispatch(y).reshape(out))
+}
+
+/// A layer's bias, or `len` zeros where it has none; `None` unless it is on flex.
+fn flex_bias(bias: Option<&Param<Tensor<1>>>, len: usize, device: &Device) -> Option<Tensor<1>> {
+    let bias = bias.map_or_else(|| Tensor::zeros([len], device), Param::val);
+    on_flex(&bias).then_some(bias)
 }
 
 /// The padding as (top, bottom), (left, right), unless it depends on the input (`Same`).
