@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use crate::gemm::{Mat, matmul};
 use crate::lanes;
+use crate::simd::wide;
 
 /// The shape of an attention: `batch` images, `queries` query tokens, `keys` key and value
 /// tokens, `heads` heads of width `head_dim`.
@@ -63,28 +64,13 @@ impl AttentionSpec {
 
 /// The attention output `[B, N, H·d]` and the log-sum-exp of the scaled scores `[B, H, N]`.
 pub fn attention(q: &[f32], k: &[f32], v: &[f32], s: &AttentionSpec) -> (Vec<f32>, Vec<f32>) {
-    let (n, l, c) = (s.queries, s.keys, s.width());
+    let (n, c) = (s.queries, s.width());
     let mut out = vec![0.0; s.batch * n * c];
     let mut lse = vec![0.0; s.batch * s.heads * n];
     out.par_chunks_mut(n * c)
         .zip(lse.par_chunks_mut(s.heads * n))
         .enumerate()
-        .for_each(|(b, (out, lse))| {
-            let (q, k, v) = (&q[b * n * c..], &k[b * l * c..], &v[b * l * c..]);
-            let mut p = vec![0.0; n * l];
-            for (h, lse) in lse.chunks_mut(n).enumerate() {
-                probabilities(&mut p, s.head(q, n, h), s.head(k, l, h), s, Some(lse));
-                let dst = &mut out[h * s.head_dim..];
-                matmul(
-                    dst,
-                    c,
-                    Mat::new(&p, n, l),
-                    s.head(v, l, h),
-                    false,
-                    s.inner_parallel(),
-                );
-            }
-        });
+        .for_each(|(b, (out, lse))| wide!(forward_image(q: &[f32], k: &[f32], v: &[f32], s: &AttentionSpec, b: usize, out: &mut [f32], lse: &mut [f32])));
     (out, lse)
 }
 
@@ -100,52 +86,104 @@ pub fn attention_backward(
     grad: &[f32],
     s: &AttentionSpec,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (n, l, c, d) = (s.queries, s.keys, s.width(), s.head_dim);
+    let (n, l, c) = (s.queries, s.keys, s.width());
     let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
-    let par = s.inner_parallel();
     dq.par_chunks_mut(n * c)
         .zip(dk.par_chunks_mut(l * c))
         .zip(dv.par_chunks_mut(l * c))
         .enumerate()
         .for_each(|(b, ((dq, dk), dv))| {
-            let (q, k, v) = (&q[b * n * c..], &k[b * l * c..], &v[b * l * c..]);
-            let (o, grad) = (&o[b * n * c..(b + 1) * n * c], &grad[b * n * c..(b + 1) * n * c]);
-            let (mut p, mut ds) = (vec![0.0; n * l], vec![0.0; n * l]);
-            for h in 0..s.heads {
-                let lse = &lse[(b * s.heads + h) * n..][..n];
-                let (qh, kh, vh, dout) = (
-                    s.head(q, n, h),
-                    s.head(k, l, h),
-                    s.head(v, l, h),
-                    s.head(grad, n, h),
-                );
-                probabilities(&mut p, qh, kh, s, None);
-                for (row, &lse) in p.chunks_mut(l).zip(lse) {
-                    row.iter_mut()
-                        .for_each(|x| *x = crate::elementwise::exp(*x - lse));
-                }
-                let pm = Mat::new(&p, n, l);
-                matmul(&mut dv[h * d..], c, pm.t(), dout, false, par);
-                matmul(&mut ds, l, dout, vh.t(), false, par);
-                // ∂S = P ⊙ (∂P − D) / √d, row by row.
-                for i in 0..n {
-                    let at = i * c + h * d;
-                    let di = lanes::sum2(&grad[at..at + d], &o[at..at + d], |g, o| g * o) as f32;
-                    let (p, ds) = (&p[i * l..(i + 1) * l], &mut ds[i * l..(i + 1) * l]);
-                    for (ds, &p) in ds.iter_mut().zip(p) {
-                        *ds = p * (*ds - di) * s.scale();
-                    }
-                }
-                let dsm = Mat::new(&ds, n, l);
-                matmul(&mut dq[h * d..], c, dsm, kh, false, par);
-                matmul(&mut dk[h * d..], c, dsm.t(), qh, false, par);
-            }
+            let images = Images { q, k, v, o, lse, grad };
+            let images = &images;
+            wide!(backward_image(images: &Images, s: &AttentionSpec, b: usize, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]))
         });
     (dq, dk, dv)
 }
 
+/// The attention output of image `b` (`out`, N×H·d) and the log-sum-exp of its scores
+/// (`lse`, H×N), head by head.
+#[inline(always)]
+fn forward_image(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    s: &AttentionSpec,
+    b: usize,
+    out: &mut [f32],
+    lse: &mut [f32],
+) {
+    let (n, l, c) = (s.queries, s.keys, s.width());
+    let (q, k, v) = (&q[b * n * c..], &k[b * l * c..], &v[b * l * c..]);
+    let mut p = vec![0.0; n * l];
+    for (h, lse) in lse.chunks_mut(n).enumerate() {
+        probabilities(&mut p, s.head(q, n, h), s.head(k, l, h), s, Some(lse));
+        let dst = &mut out[h * s.head_dim..];
+        matmul(
+            dst,
+            c,
+            Mat::new(&p, n, l),
+            s.head(v, l, h),
+            false,
+            s.inner_parallel(),
+        );
+    }
+}
+
+/// The whole batch's inputs, output, log-sum-exp and ∂O, for the backward pass.
+struct Images<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    o: &'a [f32],
+    lse: &'a [f32],
+    grad: &'a [f32],
+}
+
+/// ∂Q, ∂K and ∂V of image `b`, head by head.
+#[inline(always)]
+fn backward_image(x: &Images, s: &AttentionSpec, b: usize, dq: &mut [f32], dk: &mut [f32], dv: &mut [f32]) {
+    let (n, l, c, d) = (s.queries, s.keys, s.width(), s.head_dim);
+    let par = s.inner_parallel();
+    let (q, k, v) = (&x.q[b * n * c..], &x.k[b * l * c..], &x.v[b * l * c..]);
+    let (o, grad) = (
+        &x.o[b * n * c..(b + 1) * n * c],
+        &x.grad[b * n * c..(b + 1) * n * c],
+    );
+    let (mut p, mut ds) = (vec![0.0; n * l], vec![0.0; n * l]);
+    for h in 0..s.heads {
+        let lse = &x.lse[(b * s.heads + h) * n..][..n];
+        let (qh, kh, vh, dout) = (
+            s.head(q, n, h),
+            s.head(k, l, h),
+            s.head(v, l, h),
+            s.head(grad, n, h),
+        );
+        probabilities(&mut p, qh, kh, s, None);
+        for (row, &lse) in p.chunks_mut(l).zip(lse) {
+            row.iter_mut()
+                .for_each(|x| *x = crate::elementwise::exp(*x - lse));
+        }
+        let pm = Mat::new(&p, n, l);
+        matmul(&mut dv[h * d..], c, pm.t(), dout, false, par);
+        matmul(&mut ds, l, dout, vh.t(), false, par);
+        // ∂S = P ⊙ (∂P − D) / √d, row by row.
+        for i in 0..n {
+            let at = i * c + h * d;
+            let di = lanes::sum2(&grad[at..at + d], &o[at..at + d], |g, o| g * o) as f32;
+            let (p, ds) = (&p[i * l..(i + 1) * l], &mut ds[i * l..(i + 1) * l]);
+            for (ds, &p) in ds.iter_mut().zip(p) {
+                *ds = p * (*ds - di) * s.scale();
+            }
+        }
+        let dsm = Mat::new(&ds, n, l);
+        matmul(&mut dq[h * d..], c, dsm, kh, false, par);
+        matmul(&mut dk[h * d..], c, dsm.t(), qh, false, par);
+    }
+}
+
 /// The scaled scores S = Q Kᵀ/√d of one head into `p` (N×L), then, with `lse`, their row
 /// softmax and each row's log-sum-exp; without, the scaled scores alone.
+#[inline(always)]
 fn probabilities(p: &mut [f32], q: Mat, k: Mat, s: &AttentionSpec, lse: Option<&mut [f32]>) {
     let l = s.keys;
     matmul(p, l, q, k.t(), false, s.inner_parallel());
@@ -161,6 +199,7 @@ fn probabilities(p: &mut [f32], q: Mat, k: Mat, s: &AttentionSpec, lse: Option<&
 }
 
 /// Replaces `row` by softmax(scale · row) and returns log Σ_j exp(scale · row_j).
+#[inline(always)]
 fn softmax(row: &mut [f32], scale: f32) -> f32 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
     row.iter_mut()

@@ -2,6 +2,7 @@
 //! sum is a chain of dependent additions the compiler may not reorder), combined in f64.
 
 /// Σ f(x_i).
+#[inline(always)]
 pub fn sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
     let mut lanes = [0.0f32; 16];
     let chunks = x.chunks_exact(16);
@@ -15,6 +16,7 @@ pub fn sum(x: &[f32], f: impl Fn(f32) -> f32) -> f64 {
 }
 
 /// Σ f(a_i, b_i).
+#[inline(always)]
 pub fn sum2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
     let mut lanes = [0.0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));

@@ -15,6 +15,7 @@
 use rayon::prelude::*;
 
 use crate::lanes;
+use crate::simd::wide;
 
 /// The shape of a modulated layer norm: `batch` images of `tokens` tokens of `features`
 /// features, and ε.
@@ -34,15 +35,9 @@ pub struct LayerNormSpec {
 pub fn modulated_layer_norm(x: &[f32], shift: &[f32], scale: &[f32], s: &LayerNormSpec) -> Vec<f32> {
     let (n, d) = (s.tokens, s.features);
     let mut y = vec![0.0; x.len()];
-    y.par_chunks_mut(n * d).enumerate().for_each(|(b, y)| {
-        let (shift, scale) = (&shift[b * d..(b + 1) * d], &scale[b * d..(b + 1) * d]);
-        for (y, x) in y.chunks_mut(d).zip(x[b * n * d..].chunks(d)) {
-            let (mean, rstd) = moments(x, s.epsilon);
-            for (((y, &x), &shift), &scale) in y.iter_mut().zip(x).zip(shift).zip(scale) {
-                *y = (x - mean) * rstd * (1.0 + scale) + shift;
-            }
-        }
-    });
+    y.par_chunks_mut(n * d)
+        .enumerate()
+        .for_each(|(b, y)| wide!(forward_image(x: &[f32], shift: &[f32], scale: &[f32], s: &LayerNormSpec, b: usize, y: &mut [f32])));
     y
 }
 
@@ -60,34 +55,65 @@ pub fn modulated_layer_norm_backward(
         .zip(dshift.par_chunks_mut(d).zip(dscale.par_chunks_mut(d)))
         .enumerate()
         .for_each(|(b, (dx, (dshift, dscale)))| {
-            let scale = &scale[b * d..(b + 1) * d];
-            let (x, grad) = (&x[b * n * d..(b + 1) * n * d], &grad[b * n * d..(b + 1) * n * d]);
-            // Per-feature sums over the tokens in f64, so that 256 tokens lose nothing.
-            let (mut sum_g, mut sum_gx) = (vec![0.0f64; d], vec![0.0f64; d]);
-            let (mut xhat, mut dxhat) = (vec![0.0f32; d], vec![0.0f32; d]);
-            for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(grad.chunks(d)) {
-                let (mean, rstd) = moments(x, s.epsilon);
-                for j in 0..d {
-                    xhat[j] = (x[j] - mean) * rstd;
-                    sum_g[j] += g[j] as f64;
-                    sum_gx[j] += (g[j] * xhat[j]) as f64;
-                    dxhat[j] = g[j] * (1.0 + scale[j]);
-                }
-                let m1 = (lanes::sum(&dxhat, |v| v) / d as f64) as f32;
-                let m2 = (lanes::sum2(&dxhat, &xhat, |g, h| g * h) / d as f64) as f32;
-                for ((dx, &dxh), &xh) in dx.iter_mut().zip(&dxhat).zip(&xhat) {
-                    *dx = (dxh - m1 - xh * m2) * rstd;
-                }
-            }
-            for j in 0..d {
-                dshift[j] = sum_g[j] as f32;
-                dscale[j] = sum_gx[j] as f32;
-            }
+            wide!(backward_image(x: &[f32], scale: &[f32], grad: &[f32], s: &LayerNormSpec, b: usize, dx: &mut [f32], dshift: &mut [f32], dscale: &mut [f32]))
         });
     (dx, dshift, dscale)
 }
 
+/// The modulated layer norm of image `b`'s tokens into `y`.
+#[inline(always)]
+fn forward_image(x: &[f32], shift: &[f32], scale: &[f32], s: &LayerNormSpec, b: usize, y: &mut [f32]) {
+    let (n, d) = (s.tokens, s.features);
+    let (shift, scale) = (&shift[b * d..(b + 1) * d], &scale[b * d..(b + 1) * d]);
+    for (y, x) in y.chunks_mut(d).zip(x[b * n * d..].chunks(d)) {
+        let (mean, rstd) = moments(x, s.epsilon);
+        for (((y, &x), &shift), &scale) in y.iter_mut().zip(x).zip(shift).zip(scale) {
+            *y = (x - mean) * rstd * (1.0 + scale) + shift;
+        }
+    }
+}
+
+/// ∂x of image `b`'s tokens into `dx`, and its ∂shift, ∂scale.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_image(
+    x: &[f32],
+    scale: &[f32],
+    grad: &[f32],
+    s: &LayerNormSpec,
+    b: usize,
+    dx: &mut [f32],
+    dshift: &mut [f32],
+    dscale: &mut [f32],
+) {
+    let (n, d) = (s.tokens, s.features);
+    let scale = &scale[b * d..(b + 1) * d];
+    let (x, grad) = (&x[b * n * d..(b + 1) * n * d], &grad[b * n * d..(b + 1) * n * d]);
+    // Per-feature sums over the tokens in f64, so that 256 tokens lose nothing.
+    let (mut sum_g, mut sum_gx) = (vec![0.0f64; d], vec![0.0f64; d]);
+    let (mut xhat, mut dxhat) = (vec![0.0f32; d], vec![0.0f32; d]);
+    for ((dx, x), g) in dx.chunks_mut(d).zip(x.chunks(d)).zip(grad.chunks(d)) {
+        let (mean, rstd) = moments(x, s.epsilon);
+        for j in 0..d {
+            xhat[j] = (x[j] - mean) * rstd;
+            sum_g[j] += g[j] as f64;
+            sum_gx[j] += (g[j] * xhat[j]) as f64;
+            dxhat[j] = g[j] * (1.0 + scale[j]);
+        }
+        let m1 = (lanes::sum(&dxhat, |v| v) / d as f64) as f32;
+        let m2 = (lanes::sum2(&dxhat, &xhat, |g, h| g * h) / d as f64) as f32;
+        for ((dx, &dxh), &xh) in dx.iter_mut().zip(&dxhat).zip(&xhat) {
+            *dx = (dxh - m1 - xh * m2) * rstd;
+        }
+    }
+    for j in 0..d {
+        dshift[j] = sum_g[j] as f32;
+        dscale[j] = sum_gx[j] as f32;
+    }
+}
+
 /// (μ, 1/√(σ² + ε)) of one token's features, with the variance as the mean squared deviation.
+#[inline(always)]
 fn moments(x: &[f32], epsilon: f64) -> (f32, f32) {
     let n = x.len() as f64;
     let mean = lanes::sum(x, |v| v) / n;

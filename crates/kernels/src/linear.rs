@@ -20,6 +20,7 @@
 use rayon::prelude::*;
 
 use crate::gemm::{Mat, matmul};
+use crate::simd::wide;
 
 /// The shape of a linear layer's input and weight: `rows` rows of `inputs` features mapped
 /// to `outputs` features.
@@ -79,25 +80,35 @@ fn by_rows(dst: &mut [f32], lhs: &[f32], rows: usize, k: usize, rhs: Mat, accumu
         .for_each(|(dst, lhs)| matmul(dst, n, Mat::new(lhs, lhs.len() / k, k), rhs, accumulate, false));
 }
 
-/// Σ over the rows of a row-major `rows × cols` matrix, each column summed in row order (in
-/// f64), blocks of columns in parallel.
+/// Σ over the rows of a row-major `rows × cols` matrix, in f64: blocks of [`ROW_BLOCK`] rows
+/// in parallel, each summed row by row, then the blocks' sums added in block order (so the
+/// result depends on the shape alone, never on the number of threads).
 fn column_sums(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const BLOCK: usize = 64;
-    let mut sums = vec![0.0; cols];
-    sums.par_chunks_mut(BLOCK).enumerate().for_each(|(k, sums)| {
-        let first = k * BLOCK;
-        let mut acc = [0.0f64; BLOCK];
-        for row in m.chunks_exact(cols).take(rows) {
-            let row = &row[first..first + sums.len()];
-            for (acc, &v) in acc.iter_mut().zip(row) {
-                *acc += v as f64;
-            }
+    if cols == 0 {
+        return Vec::new();
+    }
+    let mut partial = vec![0.0f64; rows.div_ceil(ROW_BLOCK) * cols];
+    partial
+        .par_chunks_mut(cols)
+        .zip(m[..rows * cols].par_chunks(ROW_BLOCK * cols))
+        .for_each(|(acc, block)| wide!(add_rows(acc: &mut [f64], block: &[f32])));
+    let mut sums = vec![0.0f64; cols];
+    for block in partial.chunks_exact(cols) {
+        for (s, &p) in sums.iter_mut().zip(block) {
+            *s += p;
         }
-        for (s, acc) in sums.iter_mut().zip(acc) {
-            *s = acc as f32;
+    }
+    sums.into_iter().map(|s| s as f32).collect()
+}
+
+/// acc += Σ of the rows of `block` (rows as long as `acc`), row by row.
+#[inline(always)]
+fn add_rows(acc: &mut [f64], block: &[f32]) {
+    for row in block.chunks_exact(acc.len()) {
+        for (acc, &v) in acc.iter_mut().zip(row) {
+            *acc += v as f64;
         }
-    });
-    sums
+    }
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use crate::lanes;
 use crate::silu::{silu_and_slope, silu_value};
+use crate::simd::wide;
 
 /// What a group norm computes: the number of groups, ε, and whether SiLU follows.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -50,19 +51,7 @@ pub fn group_norm(x: &[f32], gamma: &[f32], beta: &[f32], l: Layout, spec: Group
     y.par_chunks_mut(cg * s)
         .zip(x.par_chunks(cg * s))
         .enumerate()
-        .for_each(|(block, (y, x))| {
-            let first = (block % spec.groups) * cg;
-            let (mean, rstd) = moments(x, spec.epsilon);
-            for (c, (y, x)) in y.chunks_mut(s).zip(x.chunks(s)).enumerate() {
-                let a = gamma[first + c] * rstd;
-                let b = beta[first + c] - mean * a;
-                if spec.silu {
-                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = silu_value(a * x + b));
-                } else {
-                    y.iter_mut().zip(x).for_each(|(y, &x)| *y = a * x + b);
-                }
-            }
-        });
+        .for_each(|(block, (y, x))| wide!(forward_block(x: &[f32], gamma: &[f32], beta: &[f32], spec: GroupNormSpec, cg: usize, s: usize, block: usize, y: &mut [f32])));
     y
 }
 
@@ -84,36 +73,7 @@ pub fn group_norm_backward(
         .zip(sums.par_chunks_mut(cg))
         .enumerate()
         .for_each(|(block, ((dx, (x, dy)), sums))| {
-            let first = (block % spec.groups) * cg;
-            let (mean, rstd) = moments(x, spec.epsilon);
-            let (mut m1, mut m2) = (0.0f64, 0.0f64);
-            // Pass 1: ∂z into dx, and the channel sums Σ ∂z, Σ ∂z x̂.
-            for (c, ((dz, x), dy)) in dx.chunks_mut(s).zip(x.chunks(s)).zip(dy.chunks(s)).enumerate() {
-                let (g, b) = (gamma[first + c], beta[first + c]);
-                if spec.silu {
-                    let (a, shift) = (g * rstd, b - g * rstd * mean);
-                    for ((dz, &x), &dy) in dz.iter_mut().zip(x).zip(dy) {
-                        *dz = dy * silu_and_slope(a * x + shift).1;
-                    }
-                } else {
-                    dz.copy_from_slice(dy);
-                }
-                let sum = lanes::sum(dz, |dz| dz);
-                let sum_x = lanes::sum2(dz, x, |dz, x| dz * (x - mean)) * rstd as f64;
-                sums[c] = [sum as f32, sum_x as f32];
-                m1 += g as f64 * sum;
-                m2 += g as f64 * sum_x;
-            }
-            let count = (cg * s) as f64;
-            let (m1, m2) = ((m1 / count) as f32, (m2 / count) as f32);
-            // Pass 2: ∂x = rstd (γ ∂z − m1 − x̂ m2), in place.
-            for (c, (dx, x)) in dx.chunks_mut(s).zip(x.chunks(s)).enumerate() {
-                let g = gamma[first + c];
-                for (dx, &x) in dx.iter_mut().zip(x) {
-                    let xhat = (x - mean) * rstd;
-                    *dx = rstd * (g * *dx - m1 - xhat * m2);
-                }
-            }
+            wide!(backward_block(x: &[f32], dy: &[f32], gamma: &[f32], beta: &[f32], spec: GroupNormSpec, cg: usize, s: usize, block: usize, dx: &mut [f32], sums: &mut [[f32; 2]]))
         });
     let mut dgamma = vec![0.0f32; l.channels];
     let mut dbeta = vec![0.0f32; l.channels];
@@ -126,8 +86,82 @@ pub fn group_norm_backward(
     (dx, dgamma, dbeta)
 }
 
+/// Group norm (and SiLU) of one (image, group) block `x` of `cg` channels × `s` positions.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn forward_block(
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    spec: GroupNormSpec,
+    cg: usize,
+    s: usize,
+    block: usize,
+    y: &mut [f32],
+) {
+    let first = (block % spec.groups) * cg;
+    let (mean, rstd) = moments(x, spec.epsilon);
+    for (c, (y, x)) in y.chunks_mut(s).zip(x.chunks(s)).enumerate() {
+        let a = gamma[first + c] * rstd;
+        let b = beta[first + c] - mean * a;
+        if spec.silu {
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = silu_value(a * x + b));
+        } else {
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = a * x + b);
+        }
+    }
+}
+
+/// ∂x of one (image, group) block into `dx`, and its channels' sums Σ ∂z, Σ ∂z x̂ into `sums`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn backward_block(
+    x: &[f32],
+    dy: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    spec: GroupNormSpec,
+    cg: usize,
+    s: usize,
+    block: usize,
+    dx: &mut [f32],
+    sums: &mut [[f32; 2]],
+) {
+    let first = (block % spec.groups) * cg;
+    let (mean, rstd) = moments(x, spec.epsilon);
+    let (mut m1, mut m2) = (0.0f64, 0.0f64);
+    // Pass 1: ∂z into dx, and the channel sums Σ ∂z, Σ ∂z x̂.
+    for (c, ((dz, x), dy)) in dx.chunks_mut(s).zip(x.chunks(s)).zip(dy.chunks(s)).enumerate() {
+        let (g, b) = (gamma[first + c], beta[first + c]);
+        if spec.silu {
+            let (a, shift) = (g * rstd, b - g * rstd * mean);
+            for ((dz, &x), &dy) in dz.iter_mut().zip(x).zip(dy) {
+                *dz = dy * silu_and_slope(a * x + shift).1;
+            }
+        } else {
+            dz.copy_from_slice(dy);
+        }
+        let sum = lanes::sum(dz, |dz| dz);
+        let sum_x = lanes::sum2(dz, x, |dz, x| dz * (x - mean)) * rstd as f64;
+        sums[c] = [sum as f32, sum_x as f32];
+        m1 += g as f64 * sum;
+        m2 += g as f64 * sum_x;
+    }
+    let count = (cg * s) as f64;
+    let (m1, m2) = ((m1 / count) as f32, (m2 / count) as f32);
+    // Pass 2: ∂x = rstd (γ ∂z − m1 − x̂ m2), in place.
+    for (c, (dx, x)) in dx.chunks_mut(s).zip(x.chunks(s)).enumerate() {
+        let g = gamma[first + c];
+        for (dx, &x) in dx.iter_mut().zip(x) {
+            let xhat = (x - mean) * rstd;
+            *dx = rstd * (g * *dx - m1 - xhat * m2);
+        }
+    }
+}
+
 /// The mean and 1 / √(variance + ε) of a block, by two passes (the block is small enough to
 /// stay in cache), accumulated in 16 lanes so that the loops vectorise.
+#[inline(always)]
 fn moments(x: &[f32], epsilon: f64) -> (f32, f32) {
     let n = x.len() as f64;
     let mean = (lanes::sum(x, |v| v) / n) as f32;
