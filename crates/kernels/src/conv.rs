@@ -6,7 +6,8 @@
 //! - input gradient: ∂x_b = col2im(Wᵀ · ∂y_b);
 //! - weight gradient: ∂W = Σ_b ∂y_b · cols(x_b)ᵀ; bias gradient: ∂b = Σ_b ∂y_b 1.
 //!
-//! 3×3 convolutions of stride 1 with 16 channels or more go to [`winograd`] instead.
+//! 3×3 convolutions of stride 1 with 16 channels or more and at least 512 output positions over
+//! the batch go to [`winograd`] instead.
 //!
 //! Images run in parallel, each with its patch matrix in a per-thread buffer that is reused
 //! from call to call (a fresh allocation of that size costs more in page faults than the copy
@@ -245,9 +246,9 @@ mod tests {
                 Patches::new([3, 4, 4, 4], [1, 1], [1, 1], [(0, 0), (0, 0)]).unwrap(),
                 5,
             ),
-            // Wide enough for the Winograd path.
+            // Wide enough, and enough output positions, for the Winograd path.
             (
-                Patches::new([2, 16, 5, 6], [3, 3], [1, 1], [(1, 1), (1, 1)]).unwrap(),
+                Patches::new([18, 16, 5, 6], [3, 3], [1, 1], [(1, 1), (1, 1)]).unwrap(),
                 17,
             ),
         ]

@@ -55,7 +55,9 @@ pub fn modulated_layer_norm_backward(
         .zip(dshift.par_chunks_mut(d).zip(dscale.par_chunks_mut(d)))
         .enumerate()
         .for_each(|(b, (dx, (dshift, dscale)))| {
-            wide!(backward_image(x: &[f32], scale: &[f32], grad: &[f32], s: &LayerNormSpec, b: usize, dx: &mut [f32], dshift: &mut [f32], dscale: &mut [f32]))
+            let (x, grad) = (&x[b * n * d..][..n * d], &grad[b * n * d..][..n * d]);
+            let scale = &scale[b * d..][..d];
+            wide!(backward_image(x: &[f32], scale: &[f32], grad: &[f32], s: &LayerNormSpec, dx: &mut [f32], dshift: &mut [f32], dscale: &mut [f32]))
         });
     (dx, dshift, dscale)
 }
@@ -73,22 +75,19 @@ fn forward_image(x: &[f32], shift: &[f32], scale: &[f32], s: &LayerNormSpec, b: 
     }
 }
 
-/// ∂x of image `b`'s tokens into `dx`, and its ∂shift, ∂scale.
+/// ∂x of one image's tokens `x` (with its `scale` and ∂y `grad`) into `dx`, and its ∂shift,
+/// ∂scale.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn backward_image(
     x: &[f32],
     scale: &[f32],
     grad: &[f32],
     s: &LayerNormSpec,
-    b: usize,
     dx: &mut [f32],
     dshift: &mut [f32],
     dscale: &mut [f32],
 ) {
-    let (n, d) = (s.tokens, s.features);
-    let scale = &scale[b * d..(b + 1) * d];
-    let (x, grad) = (&x[b * n * d..(b + 1) * n * d], &grad[b * n * d..(b + 1) * n * d]);
+    let d = s.features;
     // Per-feature sums over the tokens in f64, so that 256 tokens lose nothing.
     let (mut sum_g, mut sum_gx) = (vec![0.0f64; d], vec![0.0f64; d]);
     let (mut xhat, mut dxhat) = (vec![0.0f32; d], vec![0.0f32; d]);

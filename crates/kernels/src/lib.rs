@@ -12,11 +12,13 @@
 //!
 //! - a convolution is one matrix product per image with its patch matrix ([`patches`],
 //!   [`conv`]), built in a buffer each thread reuses; its gradients are matrix products too;
-//! - a 3×3 convolution of stride 1 with 16 channels or more takes Winograd's F(4×4, 3×3)
-//!   (F(2×2, 3×3) on outputs under 4×4), forward and both gradients: 36 (or 16) matrix
-//!   products over the transformed tiles with 4× (2.25×) fewer multiply–adds
-//!   ([`winograd`]); its transforms are loops compiled a second time for AVX2 and FMA and
-//!   chosen at run time, as the workspace itself is built for the x86-64 baseline;
+//! - a 3×3 convolution of stride 1 with 16 channels or more and 512 output positions or more
+//!   over the batch takes Winograd's F(4×4, 3×3) (F(2×2, 3×3) on outputs under 4×4), forward
+//!   and both gradients: 36 (or 16) matrix products over the transformed tiles with 4× (2.25×)
+//!   fewer multiply–adds ([`winograd`]);
+//! - the loops of every kernel (transforms, norms, activations, softmax) are compiled a second
+//!   time for AVX2 and FMA and chosen at run time, as the workspace itself is built for the
+//!   x86-64 baseline;
 //! - group norm, alone or followed by SiLU, works on one (image, group) block at a time while
 //!   it is in cache: statistics and output forward, two sweeps backward ([`norm`]);
 //! - SiLU and GELU run in parallel chunks with a vectorised exponential ([`mod@silu`],

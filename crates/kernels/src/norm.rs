@@ -46,12 +46,12 @@ impl Layout {
 
 /// y from x (`[B, C, S]`), γ and β (`[C]`).
 pub fn group_norm(x: &[f32], gamma: &[f32], beta: &[f32], l: Layout, spec: GroupNormSpec) -> Vec<f32> {
-    let (cg, s) = (l.per_group(&spec), l.positions);
+    let a = &Affine::new(gamma, beta, l, spec);
     let mut y = vec![0.0f32; x.len()];
-    y.par_chunks_mut(cg * s)
-        .zip(x.par_chunks(cg * s))
+    y.par_chunks_mut(a.block_len())
+        .zip(x.par_chunks(a.block_len()))
         .enumerate()
-        .for_each(|(block, (y, x))| wide!(forward_block(x: &[f32], gamma: &[f32], beta: &[f32], spec: GroupNormSpec, cg: usize, s: usize, block: usize, y: &mut [f32])));
+        .for_each(|(block, (y, x))| wide!(forward_block(a: &Affine, block: usize, x: &[f32], y: &mut [f32])));
     y
 }
 
@@ -64,16 +64,17 @@ pub fn group_norm_backward(
     l: Layout,
     spec: GroupNormSpec,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-    let (cg, s) = (l.per_group(&spec), l.positions);
+    let a = &Affine::new(gamma, beta, l, spec);
+    let len = a.block_len();
     let mut dx = vec![0.0f32; x.len()];
     // Per image and channel: Σ ∂z and Σ ∂z x̂.
     let mut sums = vec![[0.0f32; 2]; l.batch * l.channels];
-    dx.par_chunks_mut(cg * s)
-        .zip(x.par_chunks(cg * s).zip(dy.par_chunks(cg * s)))
-        .zip(sums.par_chunks_mut(cg))
+    dx.par_chunks_mut(len)
+        .zip(x.par_chunks(len).zip(dy.par_chunks(len)))
+        .zip(sums.par_chunks_mut(a.cg))
         .enumerate()
         .for_each(|(block, ((dx, (x, dy)), sums))| {
-            wide!(backward_block(x: &[f32], dy: &[f32], gamma: &[f32], beta: &[f32], spec: GroupNormSpec, cg: usize, s: usize, block: usize, dx: &mut [f32], sums: &mut [[f32; 2]]))
+            wide!(backward_block(a: &Affine, block: usize, x: &[f32], dy: &[f32], dx: &mut [f32], sums: &mut [[f32; 2]]))
         });
     let mut dgamma = vec![0.0f32; l.channels];
     let mut dbeta = vec![0.0f32; l.channels];
@@ -86,57 +87,76 @@ pub fn group_norm_backward(
     (dx, dgamma, dbeta)
 }
 
-/// Group norm (and SiLU) of one (image, group) block `x` of `cg` channels × `s` positions.
-#[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn forward_block(
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
+/// γ, β and the shape of a group norm: `cg` channels per group of `s` positions each.
+struct Affine<'a> {
+    gamma: &'a [f32],
+    beta: &'a [f32],
     spec: GroupNormSpec,
     cg: usize,
     s: usize,
-    block: usize,
-    y: &mut [f32],
-) {
-    let first = (block % spec.groups) * cg;
-    let (mean, rstd) = moments(x, spec.epsilon);
-    for (c, (y, x)) in y.chunks_mut(s).zip(x.chunks(s)).enumerate() {
-        let a = gamma[first + c] * rstd;
-        let b = beta[first + c] - mean * a;
-        if spec.silu {
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = silu_value(a * x + b));
+}
+
+impl<'a> Affine<'a> {
+    fn new(gamma: &'a [f32], beta: &'a [f32], l: Layout, spec: GroupNormSpec) -> Self {
+        let (cg, s) = (l.per_group(&spec), l.positions);
+        Self {
+            gamma,
+            beta,
+            spec,
+            cg,
+            s,
+        }
+    }
+
+    /// Values of one (image, group) block.
+    fn block_len(&self) -> usize {
+        self.cg * self.s
+    }
+
+    /// (γ, β) of channel `c` of block `block`.
+    #[inline(always)]
+    fn channel(&self, block: usize, c: usize) -> (f32, f32) {
+        let at = (block % self.spec.groups) * self.cg + c;
+        (self.gamma[at], self.beta[at])
+    }
+}
+
+/// Group norm (and SiLU) of the (image, group) block `x` (number `block`) into `y`.
+#[inline(always)]
+fn forward_block(a: &Affine, block: usize, x: &[f32], y: &mut [f32]) {
+    let (mean, rstd) = moments(x, a.spec.epsilon);
+    for (c, (y, x)) in y.chunks_mut(a.s).zip(x.chunks(a.s)).enumerate() {
+        let (gamma, beta) = a.channel(block, c);
+        let scale = gamma * rstd;
+        let shift = beta - mean * scale;
+        if a.spec.silu {
+            y.iter_mut()
+                .zip(x)
+                .for_each(|(y, &x)| *y = silu_value(scale * x + shift));
         } else {
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = a * x + b);
+            y.iter_mut().zip(x).for_each(|(y, &x)| *y = scale * x + shift);
         }
     }
 }
 
-/// ∂x of one (image, group) block into `dx`, and its channels' sums Σ ∂z, Σ ∂z x̂ into `sums`.
+/// ∂x of the (image, group) block `x` (number `block`) into `dx`, and its channels' sums
+/// Σ ∂z, Σ ∂z x̂ into `sums`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn backward_block(
-    x: &[f32],
-    dy: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    spec: GroupNormSpec,
-    cg: usize,
-    s: usize,
-    block: usize,
-    dx: &mut [f32],
-    sums: &mut [[f32; 2]],
-) {
-    let first = (block % spec.groups) * cg;
-    let (mean, rstd) = moments(x, spec.epsilon);
+fn backward_block(a: &Affine, block: usize, x: &[f32], dy: &[f32], dx: &mut [f32], sums: &mut [[f32; 2]]) {
+    let (mean, rstd) = moments(x, a.spec.epsilon);
     let (mut m1, mut m2) = (0.0f64, 0.0f64);
     // Pass 1: ∂z into dx, and the channel sums Σ ∂z, Σ ∂z x̂.
-    for (c, ((dz, x), dy)) in dx.chunks_mut(s).zip(x.chunks(s)).zip(dy.chunks(s)).enumerate() {
-        let (g, b) = (gamma[first + c], beta[first + c]);
-        if spec.silu {
-            let (a, shift) = (g * rstd, b - g * rstd * mean);
+    for (c, ((dz, x), dy)) in dx
+        .chunks_mut(a.s)
+        .zip(x.chunks(a.s))
+        .zip(dy.chunks(a.s))
+        .enumerate()
+    {
+        let (g, b) = a.channel(block, c);
+        if a.spec.silu {
+            let (scale, shift) = (g * rstd, b - g * rstd * mean);
             for ((dz, &x), &dy) in dz.iter_mut().zip(x).zip(dy) {
-                *dz = dy * silu_and_slope(a * x + shift).1;
+                *dz = dy * silu_and_slope(scale * x + shift).1;
             }
         } else {
             dz.copy_from_slice(dy);
@@ -147,11 +167,11 @@ fn backward_block(
         m1 += g as f64 * sum;
         m2 += g as f64 * sum_x;
     }
-    let count = (cg * s) as f64;
+    let count = a.block_len() as f64;
     let (m1, m2) = ((m1 / count) as f32, (m2 / count) as f32);
     // Pass 2: ∂x = rstd (γ ∂z − m1 − x̂ m2), in place.
-    for (c, (dx, x)) in dx.chunks_mut(s).zip(x.chunks(s)).enumerate() {
-        let g = gamma[first + c];
+    for (c, (dx, x)) in dx.chunks_mut(a.s).zip(x.chunks(a.s)).enumerate() {
+        let (g, _) = a.channel(block, c);
         for (dx, &x) in dx.iter_mut().zip(x) {
             let xhat = (x - mean) * rstd;
             *dx = rstd * (g * *dx - m1 - xhat * m2);
