@@ -458,3 +458,57 @@ fn compare_linear<const D: usize>(config: LinearConfig, shape: [usize; D], trans
         close("∂b", grad_b(&ours_grads), grad_b(&reference_grads));
     }
 }
+
+/// Dropout through `diffusion_kernels::dropout` on every backend: while training on an
+/// autodiff device, each value is 0 or x / (1 − p), about 1 − p of them kept, the gradient is
+/// the same multiplier, and a seeded device repeats the mask; x unchanged without autodiff,
+/// with the layer frozen, or with p = 0.
+#[test]
+fn dropout_keeps_its_share_and_scales_the_gradient() {
+    use burn::module::Module;
+    use burn::nn::DropoutConfig;
+
+    let ad = device().autodiff();
+    let p = 0.3;
+    let layer = DropoutConfig::new(p).init();
+    let n = 20_000;
+    let x = Tensor::<2>::random([4, n / 4], Distribution::Uniform(1.0, 2.0), &ad).require_grad();
+    let run = |seed| {
+        ad.seed(seed);
+        diffusion_kernels::dropout(&layer, x.clone())
+    };
+    let y = run(11);
+    let (xs, ys) = (values(&x), values(&y));
+    let scale = 1.0 / (1.0 - p);
+    let mut kept = 0;
+    for (&x, &y) in xs.iter().zip(&ys) {
+        if y != 0.0 {
+            kept += 1;
+            assert!(
+                (y - x * scale).abs() <= 1e-6 * y.abs(),
+                "{y} is not {x} / (1 − p)"
+            );
+        }
+    }
+    let share = kept as f64 / n as f64;
+    let sd = (p * (1.0 - p) / n as f64).sqrt();
+    assert!((share - (1.0 - p)).abs() < 4.0 * sd, "kept {share}");
+    // ∂(Σ y)/∂x is the multiplier: y / x.
+    let grads = y.clone().sum().backward();
+    let dx = values(&x.grad(&grads).unwrap());
+    for ((&x, &y), &d) in xs.iter().zip(&ys).zip(&dx) {
+        assert!((d - y / x).abs() <= 1e-6 * scale, "∂x {d} against {}", y / x);
+    }
+    assert_eq!(values(&run(11)), ys, "a seeded device repeats the mask");
+    assert_ne!(values(&run(12)), ys, "another seed, another mask");
+    // Identity without autodiff, when frozen, and for p = 0.
+    let plain = x.clone().inner();
+    assert_eq!(
+        values(&diffusion_kernels::dropout(&layer, plain.clone())),
+        values(&plain)
+    );
+    let frozen = DropoutConfig::new(p).init().freeze();
+    assert_eq!(values(&diffusion_kernels::dropout(&frozen, x.clone())), xs);
+    let none = DropoutConfig::new(0.0).init();
+    assert_eq!(values(&diffusion_kernels::dropout(&none, x.clone())), xs);
+}

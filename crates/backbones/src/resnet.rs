@@ -124,7 +124,7 @@ impl ResnetBlock {
         } else {
             group_norm_silu(&self.norm2, h + t.reshape([b, c, 1, 1]))
         };
-        let h = conv2d(&self.conv2, self.dropout.forward(h));
+        let h = conv2d(&self.conv2, kernels::dropout(&self.dropout, h));
         let skip = match &self.conv_shortcut {
             Some(conv) => conv2d(conv, x),
             None => x,

@@ -44,6 +44,7 @@
 
 pub mod attention;
 pub mod conv;
+pub mod dropout;
 mod elementwise;
 pub mod gelu;
 mod gemm;
@@ -63,7 +64,7 @@ mod extension;
 mod route;
 
 use burn::nn::conv::Conv2d;
-use burn::nn::{GroupNorm, Linear};
+use burn::nn::{Dropout, GroupNorm, Linear};
 use burn::tensor::Tensor;
 
 pub use attention::AttentionSpec;
@@ -222,6 +223,19 @@ pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     let cubic = x.clone() * x.clone() * x.clone();
     let z = (x.clone() + cubic.mul_scalar(0.044715)).mul_scalar(k);
     x * burn::tensor::activation::sigmoid(z)
+}
+
+/// `layer.forward(x)`: dropout while training (on an autodiff device, p > 0), x unchanged
+/// otherwise. On f32 tensors on flex the mask comes from [`mod@dropout`]'s counter-based
+/// generator, keyed by two draws from the device's generator (so seeded runs repeat); elsewhere
+/// it is burn's layer. Either way y = x ⊙ m / (1 − p) with m_i ~ Bernoulli(1 − p), and the
+/// gradient is ∂y ⊙ m / (1 − p).
+pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if route::on_flex(&x) {
+        return route::dropout(layer, x);
+    }
+    layer.forward(x)
 }
 
 /// SiLU, x · σ(x) (`burn::tensor::activation::silu`).

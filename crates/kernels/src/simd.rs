@@ -69,7 +69,7 @@ mod tests {
         assert_ne!(wide[1], 0.37, "the call ran");
     }
 
-    /// Every kernel built through `wide!` or the elementwise maps, run once in its AVX2 + FMA
+    /// Every kernel built through `wide!` or the elementwise maps (and the dropout mask), run once in its AVX2 + FMA
     /// version and once in its baseline (SSE2) version: the values agree bit for bit (no fused
     /// multiply–adds, the same order of every sum), so results do not depend on the CPU. The
     /// shapes leave remainders after every vector width.
@@ -94,6 +94,7 @@ mod tests {
             let (x, g) = (values(1003, 0.37), values(1003, 0.91));
             out.extend([silu::silu(&x), silu::silu_backward(&x, &g)]);
             out.extend([gelu::gelu_tanh(&x), gelu::gelu_tanh_backward(&x, &g)]);
+            out.push(crate::dropout::keep_mask(1003, 0.7, 99));
             let l = Layout {
                 batch: 2,
                 channels: 8,
