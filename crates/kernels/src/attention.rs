@@ -167,12 +167,13 @@ fn backward_image(x: &Images, s: &AttentionSpec, b: usize, dq: &mut [f32], dk: &
         matmul(&mut dv[h * d..], c, pm.t(), dout, false, par);
         matmul(&mut ds, l, dout, vh.t(), false, par);
         // ∂S = P ⊙ (∂P − D) / √d, row by row.
+        let scale = s.scale();
         for i in 0..n {
             let at = i * c + h * d;
             let di = lanes::sum2(&grad[at..at + d], &o[at..at + d], |g, o| g * o) as f32;
             let (p, ds) = (&p[i * l..(i + 1) * l], &mut ds[i * l..(i + 1) * l]);
             for (ds, &p) in ds.iter_mut().zip(p) {
-                *ds = p * (*ds - di) * s.scale();
+                *ds = p * (*ds - di) * scale;
             }
         }
         let dsm = Mat::new(&ds, n, l);

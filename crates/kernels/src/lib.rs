@@ -36,8 +36,11 @@
 //! - [`keep_freed_memory`] stops glibc's allocator from unmapping large freed blocks, whose
 //!   pages the kernel would zero again on reuse (for every backend on the CPU).
 //!
+//! - dropout's mask is a counter-based draw (SplitMix64 of the element's index) keyed from the
+//!   device's generator, not one ChaCha draw per element ([`mod@dropout`]).
+//!
 //! [`conv2d`], [`linear()`], [`group_norm`], [`group_norm_silu`], [`silu()`], [`gelu_tanh()`],
-//! [`modulated_layer_norm`] and [`attention()`] take these paths for f32
+//! [`modulated_layer_norm`], [`attention()`] and [`dropout()`] take these paths for f32
 //! tensors on flex devices (with or without autodiff) when the `flex` feature is on, and
 //! burn's own operations everywhere else, so a model computes the same function on every
 //! backend ([`applies_to`] says which).

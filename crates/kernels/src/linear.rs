@@ -62,7 +62,8 @@ pub fn linear_backward(x: &[f32], w: &[f32], grad: &[f32], s: &LinearSpec) -> (V
     (dx, dw, column_sums(grad, r, o))
 }
 
-/// Rows per product in [`by_rows`] (a DiT-S/2 image's tokens at 32×32).
+/// Rows per product in [`by_rows`] (a DiT-S/2 image's tokens at 32×32), and per partial sum
+/// in [`column_sums`].
 const ROW_BLOCK: usize = 256;
 
 /// dst = lhs · rhs (dst += when `accumulate`) for a row-major `lhs` of `rows × k`, as

@@ -18,19 +18,20 @@ pub fn on_flex<const D: usize>(x: &Tensor<D>) -> bool {
     x.dtype() == DType::F32 && matches!(x.device().inner().as_dispatch(), DispatchDevice::Flex(_))
 }
 
-/// Dropout as burn's layer applies it (while training, on an autodiff device, p > 0), with the
-/// mask of [`crate::dropout`] keyed by two draws from the device's generator.
+/// Dropout as burn's layer applies it (while training, on an autodiff device, 0 < p < 1), with
+/// the mask of [`crate::dropout`] keyed by three draws from the device's generator (23 random
+/// bits each, spread over the 64-bit seed); burn's layer for any other p.
 pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
     if !layer.training.is_enabled() || !x.device().is_autodiff() || layer.prob == 0.0 {
         return x;
     }
-    if layer.prob >= 1.0 {
-        return x.mul_scalar(0.0);
+    if !(layer.prob > 0.0 && layer.prob < 1.0) {
+        return layer.forward(x);
     }
     let device = x.device();
-    let draws = Tensor::<1>::random([2], Distribution::Uniform(0.0, 1.0), &device).into_data();
+    let draws = Tensor::<1>::random([3], Distribution::Uniform(0.0, 1.0), &device).into_data();
     let bits: Vec<u64> = draws.iter::<f32>().map(|u| u64::from(u.to_bits())).collect();
-    let seed = bits[0] << 32 | bits[1];
+    let seed = bits[0] << 42 ^ bits[1] << 21 ^ bits[2];
     let mask = crate::dropout::keep_mask(x.shape().num_elements(), 1.0 - layer.prob, seed);
     x.clone() * Tensor::<D>::from_data(TensorData::new(mask, x.shape()), &device)
 }

@@ -983,8 +983,9 @@ mod tests {
 
     #[test]
     fn applies_to_wide_3x3_convolutions_of_stride_1_over_enough_positions() {
+        // 64 images, so that every case but `few` has at least 1024 output positions.
         let p = |channels, kernel, stride, pad| {
-            Patches::new([8, channels, 8, 8], kernel, stride, [(pad, pad), (pad, pad)]).unwrap()
+            Patches::new([64, channels, 8, 8], kernel, stride, [(pad, pad), (pad, pad)]).unwrap()
         };
         assert!(applies(&p(16, [3, 3], [1, 1], 1), 16));
         // 7 images of 8×8 are 448 output positions, fewer than MIN_POSITIONS.
