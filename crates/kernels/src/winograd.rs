@@ -212,7 +212,7 @@ const MIN_POSITIONS: usize = 512;
 /// Whether the Winograd path computes this convolution: a 3×3 kernel of stride 1, at most 2
 /// zero rows/columns before the image (the input gradient pads by 2 − p), enough channels
 /// on both sides for the matrix products to pay for the transforms, and enough output positions
-/// ([`MIN_POSITIONS`]) for them to pay for the weight transform.
+/// (512, `MIN_POSITIONS`) for them to pay for the weight transform.
 pub fn applies(p: &Patches, c_out: usize) -> bool {
     fits(p)
         && p.channels >= MIN_CHANNELS
