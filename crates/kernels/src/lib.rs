@@ -230,7 +230,7 @@ pub fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 
 /// `layer.forward(x)`: dropout while training (on an autodiff device, p > 0), x unchanged
 /// otherwise. On f32 tensors on flex the mask comes from [`mod@dropout`]'s counter-based
-/// generator, keyed by two draws from the device's generator (so seeded runs repeat); elsewhere
+/// generator, keyed by draws from the device's generator (so seeded runs repeat); elsewhere
 /// it is burn's layer. Either way y = x ⊙ m / (1 − p) with m_i ~ Bernoulli(1 − p), and the
 /// gradient is ∂y ⊙ m / (1 − p).
 pub fn dropout<const D: usize>(layer: &Dropout, x: Tensor<D>) -> Tensor<D> {
