@@ -3,6 +3,8 @@
 
 use rayon::prelude::*;
 
+use crate::simd::wide;
+
 /// Elements per parallel task.
 const CHUNK: usize = 1 << 14;
 
@@ -11,7 +13,10 @@ pub fn map(x: &[f32], f: impl Fn(f32) -> f32 + Sync) -> Vec<f32> {
     let mut out = vec![0.0f32; x.len()];
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
-        .for_each(|(out, x)| map_chunk(out, x, &f));
+        .for_each(|(out, x)| {
+            let f = &f;
+            wide!(<F: Fn(f32) -> f32> map_chunk(out: &mut [f32], x: &[f32], f: &F))
+        });
     out
 }
 
@@ -21,53 +26,28 @@ pub fn map2(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32
     let mut out = vec![0.0f32; x.len()];
     out.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK).zip(y.par_chunks(CHUNK)))
-        .for_each(|(out, (x, y))| map2_chunk(out, x, y, &f));
+        .for_each(|(out, (x, y))| {
+            let f = &f;
+            wide!(<F: Fn(f32, f32) -> f32> map2_chunk(out: &mut [f32], x: &[f32], y: &[f32], f: &F))
+        });
     out
 }
 
-/// `out_i = f(x_i)`, compiled a second time for AVX2 and FMA, which runs where the CPU has
-/// them (`f`, a short closure over inlined functions, is inlined into either version).
+/// `out_i = f(x_i)`, compiled a second time for AVX2 and FMA through `wide!` (`f`, a short
+/// closure over inlined functions, is inlined into either version).
+#[inline(always)]
 fn map_chunk<F: Fn(f32) -> f32>(out: &mut [f32], x: &[f32], f: &F) {
-    #[inline(always)]
-    fn body<F: Fn(f32) -> f32>(out: &mut [f32], x: &[f32], f: &F) {
-        for (o, &x) in out.iter_mut().zip(x) {
-            *o = f(x);
-        }
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = f(x);
     }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn avx2_fma<F: Fn(f32) -> f32>(out: &mut [f32], x: &[f32], f: &F) {
-        body(out, x, f)
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2_fma() {
-        // SAFETY: `avx2_fma` needs AVX2 and FMA, which the CPU has.
-        #[allow(unsafe_code)]
-        return unsafe { avx2_fma(out, x, f) };
-    }
-    body(out, x, f)
 }
 
 /// `out_i = f(x_i, y_i)`, compiled for AVX2 and FMA as [`map_chunk`] is.
+#[inline(always)]
 fn map2_chunk<F: Fn(f32, f32) -> f32>(out: &mut [f32], x: &[f32], y: &[f32], f: &F) {
-    #[inline(always)]
-    fn body<F: Fn(f32, f32) -> f32>(out: &mut [f32], x: &[f32], y: &[f32], f: &F) {
-        for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
-            *o = f(x, y);
-        }
+    for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
+        *o = f(x, y);
     }
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    fn avx2_fma<F: Fn(f32, f32) -> f32>(out: &mut [f32], x: &[f32], y: &[f32], f: &F) {
-        body(out, x, y, f)
-    }
-    #[cfg(target_arch = "x86_64")]
-    if crate::simd::has_avx2_fma() {
-        // SAFETY: `avx2_fma` needs AVX2 and FMA, which the CPU has.
-        #[allow(unsafe_code)]
-        return unsafe { avx2_fma(out, x, y, f) };
-    }
-    body(out, x, y, f)
 }
 
 /// e^x for x in f32's range, within 2 ulp of the correctly rounded value (1 ulp = 2^-23

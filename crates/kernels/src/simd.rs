@@ -6,12 +6,16 @@
 
 /// `body(args…)`, with `body` (an `#[inline(always)]` function, so that it is compiled into
 /// each version) built a second time for AVX2 and FMA, which runs where the CPU has them:
-/// `wide!(body(a: &[f32], n: usize))` calls `body(a, n)` with the variables `a` and `n`.
+/// `wide!(body(a: &[f32], n: usize))` calls `body(a, n)` with the variables `a` and `n`. A
+/// generic body names its type parameters first: `wide!(<F: Fn(f32) -> f32> body(f: &F))`.
 macro_rules! wide {
-    ($body:ident($($arg:ident: $ty:ty),* $(,)?)) => {{
+    ($body:ident($($arg:ident: $ty:ty),* $(,)?)) => {
+        $crate::simd::wide!(<> $body($($arg: $ty),*))
+    };
+    (<$($g:ident: $bound:path),*> $body:ident($($arg:ident: $ty:ty),* $(,)?)) => {{
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        fn avx2_fma($($arg: $ty),*) {
+        fn avx2_fma<$($g: $bound),*>($($arg: $ty),*) {
             $body($($arg),*)
         }
         #[cfg(target_arch = "x86_64")]
