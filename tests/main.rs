@@ -1,6 +1,7 @@
 //! Cross-crate integration tests. One binary, run on every backend:
 //! `DIFFUSION_BACKEND=flex|ndarray|wgpu cargo test --release --workspace`.
 
+mod adamw;
 mod backbones;
 mod data;
 mod ddpm_bound;

@@ -12,7 +12,7 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::nn::conv::Conv2dConfig;
 use burn::nn::{GroupNormConfig, LinearConfig, PaddingConfig2d};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::Distribution;
 use burn::tensor::activation::silu;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
@@ -437,7 +437,7 @@ fn model_bench(b: &ModelBench, train: bool) -> Result<()> {
         let device = device.autodiff();
         let mut model = Some(config.init(&device));
         params = model.as_ref().map_or(0, |m| m.num_params());
-        let mut optim = AdamWConfig::new().init();
+        let mut optim = diffusion_kernels::AdamW::default().init();
         let (x, t, cond) = inputs(&config, model.as_ref().expect("model"), b.batch, &device);
         let target = x.clone().zeros_like().add_scalar(0.1);
         time_iterations(b.warmup, b.iters, &device, || {

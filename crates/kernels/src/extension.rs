@@ -10,6 +10,7 @@ use burn::backend::{Autodiff, AutodiffBackend, Backend, Flex, TensorMetadata, ba
 use burn::tensor::{Shape, TensorData};
 use burn_flex::FlexTensor;
 
+use crate::adamw::{self, AdamWStep};
 use crate::attention::{self, AttentionSpec};
 use crate::layer_norm::{self, LayerNormSpec};
 use crate::linear::{self, LinearSpec};
@@ -116,6 +117,15 @@ pub trait CpuKernels: Backend {
         lse: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         spec: AttentionSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// One AdamW step ([`crate::adamw`]): the parameters, first and second moments after it,
+    /// updated in place where the tensors own their values (copied first where they share them).
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        step: AdamWStep,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
 }
 
@@ -355,6 +365,43 @@ impl CpuKernels for Flex {
         let [sq, sk, sv] = shapes;
         (from_vec(dq, sq), from_vec(dk, sk), from_vec(dv, sv))
     }
+
+    fn adamw_step(
+        param: FlexTensor,
+        grad: FlexTensor,
+        moment_1: FlexTensor,
+        moment_2: FlexTensor,
+        step: AdamWStep,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let (mut param, mut m, mut v) = (owned(param), owned(moment_1), owned(moment_2));
+        with_f32(&grad, |g| {
+            adamw::adamw_step(
+                values_mut(&mut param),
+                g,
+                values_mut(&mut m),
+                values_mut(&mut v),
+                &step,
+            )
+        });
+        (param, m, v)
+    }
+}
+
+/// `x` contiguous from the start of its own buffer: itself where it is, a copy otherwise.
+fn owned(x: FlexTensor) -> FlexTensor {
+    let len = x.layout().shape().num_elements();
+    if x.layout().contiguous_offsets() == Some((0, len)) {
+        x
+    } else {
+        x.to_contiguous()
+    }
+}
+
+/// The f32 values of a tensor from [`owned`], to write in place (copied first if another
+/// tensor shares them).
+fn values_mut(x: &mut FlexTensor) -> &mut [f32] {
+    let len = x.layout().shape().num_elements();
+    &mut x.storage_mut::<f32>()[..len]
 }
 
 /// burn's options for the same convolution (for the differentiable fallbacks below).
@@ -672,6 +719,19 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         let dq = Self::float_matmul(ds.clone(), k);
         let dk = Self::float_matmul(t(ds), q);
         (tokens(dq), tokens(dk), tokens(dv))
+    }
+
+    /// The inner backend's step, off the tape (an optimiser step is not differentiated).
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        step: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let [p, g, m, v] = [param, grad, moment_1, moment_2].map(Self::inner);
+        let (p, m, v) = B::adamw_step(p, g, m, v, step);
+        (Self::from_inner(p), Self::from_inner(m), Self::from_inner(v))
     }
 }
 

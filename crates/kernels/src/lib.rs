@@ -33,9 +33,12 @@
 //!   the bias accumulated into the output, and its weight gradient is one product whose inner
 //!   dimension runs over the rows ([`mod@linear`]), where burn (through its `Dispatch`
 //!   backend) sums B weight gradients;
+//! - AdamW ([`AdamW`], a burn optimiser) reads the parameters, gradient and moments once and
+//!   writes them once ([`mod@adamw`]), where burn's optimiser makes about fifteen tensor passes
+//!   and PyTorch's about eight; it computes PyTorch's `torch.optim.AdamW`, scalars and fused
+//!   multiply–adds included, and takes tensor operations off flex;
 //! - [`keep_freed_memory`] stops glibc's allocator from unmapping large freed blocks, whose
-//!   pages the kernel would zero again on reuse (for every backend on the CPU).
-//!
+//!   pages the kernel would zero again on reuse (for every backend on the CPU);
 //! - dropout's mask is a counter-based draw (SplitMix64 of the element's index) keyed from the
 //!   device's generator, not one ChaCha draw per element ([`mod@dropout`]).
 //!
@@ -45,6 +48,7 @@
 //! burn's own operations everywhere else, so a model computes the same function on every
 //! backend ([`applies_to`] says which).
 
+pub mod adamw;
 pub mod attention;
 pub mod conv;
 pub mod dropout;
@@ -56,6 +60,7 @@ pub mod layer_norm;
 pub mod linear;
 mod memory;
 pub mod norm;
+mod optimizer;
 pub mod patches;
 pub mod silu;
 mod simd;
@@ -70,11 +75,13 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, GroupNorm, Linear};
 use burn::tensor::Tensor;
 
+pub use adamw::AdamWStep;
 pub use attention::AttentionSpec;
 pub use layer_norm::LayerNormSpec;
 pub use linear::LinearSpec;
 pub use memory::keep_freed_memory;
 pub use norm::GroupNormSpec;
+pub use optimizer::AdamW;
 pub use patches::Patches;
 
 /// A 2-D convolution by `conv`'s weights, bias, strides and padding: the function of

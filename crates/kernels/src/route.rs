@@ -6,6 +6,7 @@ use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, GroupNorm, Linear, PaddingConfig2d};
 use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 
+use crate::adamw::AdamWStep;
 use crate::attention::AttentionSpec;
 use crate::extension::CpuKernels;
 use crate::layer_norm::LayerNormSpec;
@@ -193,4 +194,27 @@ pub fn modulated_layer_norm(
         spec,
     );
     Some(Tensor::from_dispatch(y))
+}
+
+/// One AdamW step through the kernel. The caller has checked that the four tensors are f32 on
+/// flex and of one shape.
+pub fn adamw_step<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moment_1: Tensor<D>,
+    moment_2: Tensor<D>,
+    step: AdamWStep,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    let (p, m, v) = <Dispatch as CpuKernels>::adamw_step(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        moment_1.into_dispatch(),
+        moment_2.into_dispatch(),
+        step,
+    );
+    (
+        Tensor::from_dispatch(p),
+        Tensor::from_dispatch(m),
+        Tensor::from_dispatch(v),
+    )
 }

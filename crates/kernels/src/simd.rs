@@ -99,6 +99,13 @@ mod tests {
             out.extend([silu::silu(&x), silu::silu_backward(&x, &g)]);
             out.extend([gelu::gelu_tanh(&x), gelu::gelu_tanh_backward(&x, &g)]);
             out.push(crate::dropout::keep_mask(1003, 0.7, 99));
+            for (beta_1, t) in [(0.9, 3), (0.2, 1)] {
+                let (mut p, mut m, mut v) = (values(1003, 0.13), values(1003, 0.21), values(1003, 0.43));
+                v.iter_mut().for_each(|v| *v = v.abs());
+                let step = crate::adamw::AdamWStep::new(t, beta_1, 0.99, 1e-8, 0.1, 1e-2);
+                crate::adamw::adamw_step(&mut p, &g, &mut m, &mut v, &step);
+                out.extend([p, m, v]);
+            }
             let l = Layout {
                 batch: 2,
                 channels: 8,

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::module::Module;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
+use diffusion_kernels::AdamW;
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{CheckpointState, latest_checkpoint, load_checkpoint, save_checkpoint};
@@ -78,13 +79,17 @@ pub struct Trainer<M: Module> {
     quiet: bool,
 }
 
+/// AdamW with the run's hyper-parameters, computed as PyTorch's `torch.optim.AdamW` (one pass
+/// per parameter tensor on flex) with burn's optimiser state and checkpoints
+/// (`diffusion_kernels::AdamW`).
 fn optimizer(config: &TrainConfig) -> ModuleOptimizer {
-    AdamWConfig::new()
-        .with_beta_1(config.beta1 as f32)
-        .with_beta_2(config.beta2 as f32)
-        .with_epsilon(config.epsilon as f32)
-        .with_weight_decay(config.weight_decay as f32)
-        .init()
+    AdamW {
+        beta_1: config.beta1,
+        beta_2: config.beta2,
+        epsilon: config.epsilon,
+        weight_decay: config.weight_decay,
+    }
+    .init()
 }
 
 impl<M: Module> Trainer<M> {
