@@ -517,3 +517,26 @@ fn dropout_keeps_its_share_and_scales_the_gradient() {
     let none = DropoutConfig::new(0.0).init();
     assert_eq!(values(&diffusion_kernels::dropout(&none, x.clone())), xs);
 }
+
+/// An EMA's step through the kernel is burn's β θ̄ + (1 − β) θ to the bit: on a [130, 300]
+/// average (two of the kernel's parallel chunks and part of a third) with a transposed (not
+/// contiguous) value, updated in place, then again while a copy shares the average, which must
+/// keep its values.
+#[test]
+fn ema_update_computes_burns_arithmetic() {
+    let dev = device();
+    let bits = |t: &Tensor<2>| -> Vec<u32> { t.to_data().iter::<f32>().map(f32::to_bits).collect() };
+    let average = Tensor::<2>::random([130, 300], Distribution::Normal(0.0, 1.0), &dev);
+    let mut ours = Tensor::<2>::from_data(average.to_data(), &dev);
+    let mut reference = average;
+    for (k, decay) in [0.999, 0.75].into_iter().enumerate() {
+        let value = Tensor::<2>::random([300, 130], Distribution::Normal(0.0, 3.0), &dev).transpose();
+        let copy = (k == 1).then(|| (ours.clone(), bits(&ours)));
+        ours = diffusion_kernels::ema_update(ours, value.clone(), decay);
+        reference = reference.mul_scalar(decay) + value.mul_scalar(1.0 - decay);
+        assert_eq!(bits(&ours), bits(&reference), "decay {decay}");
+        if let Some((copy, copied)) = copy {
+            assert_eq!(bits(&copy), copied, "the copy kept its values");
+        }
+    }
+}

@@ -12,6 +12,7 @@ use burn_flex::FlexTensor;
 
 use crate::adamw::{self, AdamWStep};
 use crate::attention::{self, AttentionSpec};
+use crate::ema;
 use crate::layer_norm::{self, LayerNormSpec};
 use crate::linear::{self, LinearSpec};
 use crate::norm::{self, GroupNormSpec, Layout};
@@ -127,6 +128,14 @@ pub trait CpuKernels: Backend {
         moment_2: FloatTensor<Self>,
         step: AdamWStep,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>);
+    /// average · decay + value · weight ([`crate::ema`]), updated in place where `average`
+    /// owns its values.
+    fn ema_update(
+        average: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        decay: f32,
+        weight: f32,
+    ) -> FloatTensor<Self>;
 }
 
 fn from_vec(values: Vec<f32>, shape: Vec<usize>) -> FlexTensor {
@@ -384,6 +393,14 @@ impl CpuKernels for Flex {
             )
         });
         (param, m, v)
+    }
+
+    fn ema_update(average: FlexTensor, value: FlexTensor, decay: f32, weight: f32) -> FlexTensor {
+        let mut average = owned(average);
+        with_f32(&value, |value| {
+            ema::ema_update(values_mut(&mut average), value, decay, weight)
+        });
+        average
     }
 }
 
@@ -732,6 +749,21 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         let [p, g, m, v] = [param, grad, moment_1, moment_2].map(Self::inner);
         let (p, m, v) = B::adamw_step(p, g, m, v, step);
         (Self::from_inner(p), Self::from_inner(m), Self::from_inner(v))
+    }
+
+    /// The inner backend's update, off the tape.
+    fn ema_update(
+        average: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        decay: f32,
+        weight: f32,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::ema_update(
+            Self::inner(average),
+            Self::inner(value),
+            decay,
+            weight,
+        ))
     }
 }
 

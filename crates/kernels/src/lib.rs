@@ -40,7 +40,8 @@
 //! - [`keep_freed_memory`] stops glibc's allocator from unmapping large freed blocks, whose
 //!   pages the kernel would zero again on reuse (for every backend on the CPU);
 //! - dropout's mask is a counter-based draw (SplitMix64 of the element's index) keyed from the
-//!   device's generator, not one ChaCha draw per element ([`mod@dropout`]).
+//!   device's generator, not one ChaCha draw per element ([`mod@dropout`]);
+//! - an EMA's step updates the average in place in one pass ([`ema_update`]).
 //!
 //! [`conv2d`], [`linear()`], [`group_norm`], [`group_norm_silu`], [`silu()`], [`gelu_tanh()`],
 //! [`modulated_layer_norm`], [`attention()`] and [`dropout()`] take these paths for f32
@@ -53,6 +54,7 @@ pub mod attention;
 pub mod conv;
 pub mod dropout;
 mod elementwise;
+pub mod ema;
 pub mod gelu;
 mod gemm;
 mod lanes;
@@ -157,6 +159,18 @@ pub fn applies_to<const D: usize>(x: &Tensor<D>) -> bool {
         let _ = x;
         false
     }
+}
+
+/// An exponential moving average's step, θ̄ β + θ (1 − β) with β = `decay`: one pass updating
+/// `average` in place where both are f32 on flex (with the `flex` feature; [`mod@ema`]), burn's
+/// tensor operations otherwise; the same f32 roundings either way.
+pub fn ema_update<const D: usize>(average: Tensor<D>, value: Tensor<D>, decay: f64) -> Tensor<D> {
+    let (beta, weight) = (decay as f32, (1.0 - decay) as f32);
+    #[cfg(feature = "flex")]
+    if route::on_flex(&average) && route::on_flex(&value) && average.shape() == value.shape() {
+        return route::ema_update(average, value, beta, weight);
+    }
+    average.mul_scalar(beta) + value.mul_scalar(weight)
 }
 
 /// DiT's adaLN: the layer norm of `x` `[B, N, D]` over D without affine parameters,

@@ -218,3 +218,19 @@ pub fn adamw_step<const D: usize>(
         Tensor::from_dispatch(v),
     )
 }
+
+/// θ̄ β + θ (1 − β) through the kernel. The caller has checked that both tensors are f32 on flex
+/// and of one shape.
+pub fn ema_update<const D: usize>(
+    average: Tensor<D>,
+    value: Tensor<D>,
+    decay: f32,
+    weight: f32,
+) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as CpuKernels>::ema_update(
+        average.into_dispatch(),
+        value.into_dispatch(),
+        decay,
+        weight,
+    ))
+}

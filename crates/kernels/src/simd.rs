@@ -99,6 +99,9 @@ mod tests {
             out.extend([silu::silu(&x), silu::silu_backward(&x, &g)]);
             out.extend([gelu::gelu_tanh(&x), gelu::gelu_tanh_backward(&x, &g)]);
             out.push(crate::dropout::keep_mask(1003, 0.7, 99));
+            let mut average = values(1003, 0.17);
+            crate::ema::ema_update(&mut average, &x, 0.999, 0.001);
+            out.push(average);
             for (beta_1, t) in [(0.9, 3), (0.2, 1)] {
                 let (mut p, mut m, mut v) = (values(1003, 0.13), values(1003, 0.21), values(1003, 0.43));
                 v.iter_mut().for_each(|v| *v = v.abs());

@@ -118,7 +118,7 @@ impl ModuleMapper for Update {
         let decay = self.decay;
         param.map(|ema| {
             let shape = ema.shape();
-            ema.mul_scalar(decay) + source.reshape(shape).mul_scalar(1.0 - decay)
+            diffusion_kernels::ema_update(ema, source.reshape(shape), decay)
         })
     }
 }
@@ -137,7 +137,9 @@ impl<M: Module> Ema<M> {
     pub fn update(&mut self, online: &M, step: usize) {
         let mut collect = Collect(HashMap::new());
         online.visit(&mut collect);
-        let model = self.model.clone();
+        // The online model's copy holds the place while the average is mapped, so that the
+        // average's tensors are its own and update in place.
+        let model = std::mem::replace(&mut self.model, online.valid());
         self.model = model.map(&mut Update {
             online: collect.0,
             decay: self.schedule.decay(step),
