@@ -381,7 +381,7 @@ pub fn conv2d_weight_grad(x: &[f32], dy: &[f32], p: &Patches, c_out: usize) -> V
 /// [`conv2d`] by the algorithm `f`.
 fn conv2d_with(f: &'static Algorithm, x: &[f32], w: &[f32], bias: &[f32], p: &Patches) -> Vec<f32> {
     let t = Tiling::forward(f, p, bias.len());
-    convolve(&t, x, &transform_weights(f, w), bias)
+    with_transformed_weights(f, w, |u| convolve(&t, x, u, bias))
 }
 
 /// [`conv2d_input_grad`] by the algorithm `f`.
@@ -393,8 +393,11 @@ fn conv2d_input_grad_with(
     c_out: usize,
 ) -> Vec<f32> {
     let c_in = p.channels;
-    let u = transform_weights(f, &flipped_kernel(w, c_out, c_in));
-    convolve(&Tiling::input_grad(f, p, c_out), dy, &u, &vec![0.0; c_in])
+    let t = Tiling::input_grad(f, p, c_out);
+    with_buffer(&FLIPPED, w.len(), |flipped| {
+        flip_kernel(w, c_out, c_in, flipped);
+        with_transformed_weights(f, flipped, |u| convolve(&t, dy, u, &vec![0.0; c_in]))
+    })
 }
 
 /// [`conv2d_weight_grad`] by the algorithm `f`. Each group of images sums its ∂U over its
@@ -477,15 +480,28 @@ thread_local! {
     /// The buffers of the transforms inside a block and of the weight transforms (the blocks
     /// themselves live in `conv`'s buffer).
     static TRANSFORM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The transformed weights of the convolution that the thread is computing: kept from one
+    /// convolution to the next, so that the 4× (F(4×4, 3×3)) larger copy of the weights is
+    /// neither zeroed nor paged in again at every call.
+    static WEIGHTS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    /// The flipped kernel of the input gradient, kept in the same way.
+    static FLIPPED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `then(U)` with U = G g Gᵀ of the kernel `w` ([`transform_weights`]) in the thread's buffer.
+fn with_transformed_weights<R>(f: &Algorithm, w: &[f32], then: impl FnOnce(&[f32]) -> R) -> R {
+    with_buffer(&WEIGHTS, f.positions() * (w.len() / 9), |u| {
+        transform_weights(f, w, u);
+        then(u)
+    })
 }
 
 /// Channel pairs whose kernels one task transforms at once.
 const PAIRS: usize = 512;
 
 /// The kernel of the input gradient, g'[c, o, u, v] = g[o, c, 2 − u, 2 − v]: `[C_in, C_out, 3,
-/// 3]` from the `[C_out, C_in, 3, 3]` kernel `w`.
-fn flipped_kernel(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
-    let mut flipped = vec![0.0f32; w.len()];
+/// 3]` from the `[C_out, C_in, 3, 3]` kernel `w`, written over `flipped`.
+fn flip_kernel(w: &[f32], c_out: usize, c_in: usize, flipped: &mut [f32]) {
     flipped
         .par_chunks_mut(9 * c_out)
         .enumerate()
@@ -497,20 +513,18 @@ fn flipped_kernel(w: &[f32], c_out: usize, c_in: usize) -> Vec<f32> {
                 }
             }
         });
-    flipped
 }
 
-/// U = G g Gᵀ for every channel pair of the `[pairs, 3, 3]` kernel `w`: `[α², pairs]`. Each
-/// task computes the α rows U_{i·} of one row i of G, [`PAIRS`] pairs at a time.
-fn transform_weights(f: &Algorithm, w: &[f32]) -> Vec<f32> {
+/// U = G g Gᵀ for every channel pair of the `[pairs, 3, 3]` kernel `w`: `[α², pairs]`, written
+/// over `u`. Each task computes the α rows U_{i·} of one row i of G, [`PAIRS`] pairs at a time.
+fn transform_weights(f: &Algorithm, w: &[f32], u: &mut [f32]) {
     let pairs = w.len() / 9;
-    let mut u = vec![0.0f32; f.positions() * pairs];
+    debug_assert_eq!(u.len(), f.positions() * pairs);
     u.par_chunks_mut((f.alpha * pairs).max(1)).enumerate().for_each(|(i, u)| {
         with_buffer(&TRANSFORM, 12 * PAIRS, |buffer| {
             wide!(weight_rows(f: &Algorithm, w: &[f32], i: usize, u: &mut [f32], buffer: &mut [f32]))
         })
     });
-    u
 }
 
 /// The rows U_{ij} (j < α) of [`transform_weights`] for row i of G, with the kernels as 9 rows
