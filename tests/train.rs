@@ -503,12 +503,13 @@ fn data_parallel_step_equals_the_single_device_step() {
     let m = model(&ad);
     let lr = 1e-2;
     let optimizer = || {
-        burn::optim::AdamWConfig::new()
-            .with_beta_1(cfg.beta1 as f32)
-            .with_beta_2(cfg.beta2 as f32)
-            .with_epsilon(cfg.epsilon as f32)
-            .with_weight_decay(cfg.weight_decay as f32)
-            .init()
+        diffusion_kernels::AdamW {
+            beta_1: cfg.beta1,
+            beta_2: cfg.beta2,
+            epsilon: cfg.epsilon,
+            weight_decay: cfg.weight_decay,
+        }
+        .init()
     };
     let mut single = optimizer();
     let grads = GradientsParams::from_grads(objective.loss_of(&m, 0, 0..16).backward(), &m);

@@ -1,7 +1,8 @@
 //! # diffusion-kernels
 //!
 //! CPU kernels for the flex backend: the convolutions, group norms, activations, DiT's
-//! modulated layer norm and the attention of the backbones, with their gradients.
+//! modulated layer norm and the attention of the backbones, with their gradients; and the
+//! training step's AdamW and EMA updates in one pass each.
 //!
 //! On flex, burn lowers a convolution to tiled im2col + GEMM after a single-threaded transpose
 //! to channels-last, and computes its weight gradient as a convolution whose kernel is the
@@ -44,10 +45,10 @@
 //! - an EMA's step updates the average in place in one pass ([`ema_update`]).
 //!
 //! [`conv2d`], [`linear()`], [`group_norm`], [`group_norm_silu`], [`silu()`], [`gelu_tanh()`],
-//! [`modulated_layer_norm`], [`attention()`] and [`dropout()`] take these paths for f32
-//! tensors on flex devices (with or without autodiff) when the `flex` feature is on, and
-//! burn's own operations everywhere else, so a model computes the same function on every
-//! backend ([`applies_to`] says which).
+//! [`modulated_layer_norm`], [`attention()`], [`dropout()`], [`ema_update`] and [`AdamW`]'s
+//! steps take these paths for f32 tensors on flex devices (with or without autodiff) when the
+//! `flex` feature is on, and burn's own operations everywhere else, so a model computes the
+//! same function on every backend ([`applies_to`] says which).
 
 pub mod adamw;
 pub mod attention;
@@ -163,14 +164,14 @@ pub fn applies_to<const D: usize>(x: &Tensor<D>) -> bool {
 
 /// An exponential moving average's step, θ̄ β + θ (1 − β) with β = `decay`: one pass updating
 /// `average` in place where both are f32 on flex (with the `flex` feature; [`mod@ema`]), burn's
-/// tensor operations otherwise; the same f32 roundings either way.
+/// tensor operations otherwise. β and 1 − β are rounded to the tensors' precision either way,
+/// so f32 averages get the same bits on both paths.
 pub fn ema_update<const D: usize>(average: Tensor<D>, value: Tensor<D>, decay: f64) -> Tensor<D> {
-    let (beta, weight) = (decay as f32, (1.0 - decay) as f32);
     #[cfg(feature = "flex")]
     if route::on_flex(&average) && route::on_flex(&value) && average.shape() == value.shape() {
-        return route::ema_update(average, value, beta, weight);
+        return route::ema_update(average, value, decay as f32, (1.0 - decay) as f32);
     }
-    average.mul_scalar(beta) + value.mul_scalar(weight)
+    average.mul_scalar(decay) + value.mul_scalar(1.0 - decay)
 }
 
 /// DiT's adaLN: the layer norm of `x` `[B, N, D]` over D without affine parameters,

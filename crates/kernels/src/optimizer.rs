@@ -2,7 +2,7 @@
 //! `torch.optim.AdamW` computes it: one pass per parameter tensor on flex ([`crate::adamw`]),
 //! the same operations as tensor passes on every other backend. Its state is burn's
 //! `AdamWState` (the step count and the raw moments), so checkpoints written with burn's `AdamW`
-//! resume with this one and the other way round.
+//! resume with this one and the other way round (to the rounding in which the two differ).
 
 use burn::optim::{AdamWState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer};
 use burn::tensor::{Device, Tensor};
@@ -10,7 +10,11 @@ use burn::tensor::{Device, Tensor};
 use crate::adamw::AdamWStep;
 
 /// AdamW's hyper-parameters, PyTorch's defaults by default (β₁ 0.9, β₂ 0.999, ε 1e-8, weight
-/// decay 0.01). No AMSGrad.
+/// decay 0.01).
+///
+/// No AMSGrad: a state of burn's `AdamW` with `amsgrad` resumes as plain AdamW, its running
+/// maximum of v dropped. The scalars are rounded to f32 as PyTorch rounds them for f32
+/// parameters, for parameters of any dtype.
 ///
 /// burn's `AdamW` computes the same function but rounds its scalars to f32 before combining
 /// them: 1 − β₂ becomes 0.00099998713 for β₂ = 0.999, and the second moment's increment is off
@@ -150,10 +154,10 @@ mod tests {
     }
 
     /// The kernel computes the composed tensor operations up to their two unfused multiply–adds:
-    /// three steps on a parameter of two parallel chunks and part of a third, with a transposed
-    /// (non-contiguous) gradient, parameters written in place (steps 1 and 3) or shared with a
-    /// copy that must keep its values (step 2), a small β₁ (`lerp` from its other end) and
-    /// weight decay.
+    /// three steps on a parameter of two parallel chunks and part of a third, transposed (not
+    /// contiguous) at first, with a transposed gradient, parameters written in place (step 3) or
+    /// shared with a copy that must keep its values (step 2), a small β₁ (`lerp` from its other
+    /// end) and weight decay.
     #[test]
     fn the_kernel_computes_the_composed_step() {
         let device = Device::flex();
@@ -162,7 +166,8 @@ mod tests {
             Tensor::<2>::random(shape, Distribution::Normal(0.0, scale), &device)
         };
         for (beta_1, weight_decay) in [(0.9, 0.0), (0.3, 0.05)] {
-            let param = random([130, 300], 1.0);
+            // Transposed: the kernel first copies it contiguous.
+            let param = random([300, 130], 1.0).transpose();
             let zeros = || param.zeros_like();
             let mut composed_state = [param.clone(), zeros(), zeros()];
             let mut fused_state = [Tensor::from_data(param.to_data(), &device), zeros(), zeros()];

@@ -482,7 +482,9 @@ thread_local! {
     static TRANSFORM: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The transformed weights of the convolution that the thread is computing: kept from one
     /// convolution to the next, so that the 4× (F(4×4, 3×3)) larger copy of the weights is
-    /// neither zeroed nor paged in again at every call.
+    /// neither zeroed nor paged in again at every call. It grows to the largest convolution's
+    /// and stays for the thread's life (a thread started for one step, as the data-parallel
+    /// workers are, allocates it afresh).
     static WEIGHTS: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
     /// The flipped kernel of the input gradient, kept in the same way.
     static FLIPPED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
