@@ -8,9 +8,9 @@
 //! `addcdiv_`, each scalar computed in f64 and rounded to f32 once as PyTorch's Python floats
 //! are, and the two multiply–adds that PyTorch's vectorised `lerp` and `addcmul` fuse fused here
 //! too. So m and v are PyTorch's to the bit; θ differs where PyTorch's `sqrt` (MKL's vector
-//! square root, not correctly rounded) does, by an ulp or two of max(|θ|, 1). PyTorch makes about eight passes
-//! over every parameter tensor and burn's `AdamW` about fifteen; this reads θ, g, m and v once
-//! and writes θ, m and v once.
+//! square root, not correctly rounded) does, by an ulp or two of max(|θ|, 1). PyTorch makes
+//! about eight passes over every parameter tensor and burn's `AdamW` about fifteen; this reads
+//! θ, g, m and v once and writes θ, m and v once.
 
 use rayon::prelude::*;
 

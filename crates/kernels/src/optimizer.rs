@@ -166,11 +166,11 @@ mod tests {
             Tensor::<2>::random(shape, Distribution::Normal(0.0, scale), &device)
         };
         for (beta_1, weight_decay) in [(0.9, 0.0), (0.3, 0.05)] {
-            // Transposed: the kernel first copies it contiguous.
+            // Transposed (and shared by the two states): the kernel first copies it contiguous.
             let param = random([300, 130], 1.0).transpose();
             let zeros = || param.zeros_like();
             let mut composed_state = [param.clone(), zeros(), zeros()];
-            let mut fused_state = [Tensor::from_data(param.to_data(), &device), zeros(), zeros()];
+            let mut fused_state = [param.clone(), zeros(), zeros()];
             for t in 1..=3 {
                 let grad = random([300, 130], 10f64.powi(t - 2)).transpose();
                 let step = AdamWStep::new(t as usize, beta_1, 0.99, 1e-8, weight_decay, 1e-3);
