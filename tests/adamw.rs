@@ -124,16 +124,16 @@ fn adamw_resumes_from_its_records_and_burns() {
     }
     let reference = layer_bits(&l);
     let cases = [
-        (ours(), ours(), "ours from ours"),
-        (burns(), ours(), "ours from burn's"),
-        (ours(), burns(), "burn's from ours"),
+        (ours(), ours(), "ours from ours", true),
+        (burns(), ours(), "ours from burn's", false),
+        (ours(), burns(), "burn's from ours", false),
     ];
-    for (mut first, second, what) in cases {
+    for (mut first, second, what, exact) in cases {
         let l = step(&mut first, layer.clone(), &x);
         let l = step(&mut first, l, &x);
         let mut resumed = second.load_record(first.to_record());
         let third = layer_bits(&step(&mut resumed, l, &x));
-        if what == "ours from ours" {
+        if exact {
             assert_eq!(third, reference, "{what}");
         } else {
             let f = |b: &[u32]| {

@@ -1,5 +1,6 @@
-//! Elementwise maps over f32 slices in parallel chunks, and an exponential written so that
-//! the loops over it vectorise (for SiLU, GELU and the softmax of attention).
+//! Elementwise maps over f32 slices in parallel chunks (for SiLU, GELU and the EMA's update),
+//! and an exponential written so that the loops over it vectorise (for SiLU, GELU and the
+//! softmax of attention).
 
 use rayon::prelude::*;
 
@@ -33,6 +34,17 @@ pub fn map2(x: &[f32], y: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32
     out
 }
 
+/// out_i ← f(out_i, x_i) for every pair of elements, in place.
+pub fn update(out: &mut [f32], x: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) {
+    assert_eq!(out.len(), x.len(), "elementwise operands differ in length");
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(out, x)| {
+            let f = &f;
+            wide!(<F: Fn(f32, f32) -> f32> update_chunk(out: &mut [f32], x: &[f32], f: &F))
+        });
+}
+
 /// `out_i = f(x_i)`, compiled a second time for AVX2 and FMA through `wide!` (`f`, a short
 /// closure over inlined functions, is inlined into either version).
 #[inline(always)]
@@ -47,6 +59,14 @@ fn map_chunk<F: Fn(f32) -> f32>(out: &mut [f32], x: &[f32], f: &F) {
 fn map2_chunk<F: Fn(f32, f32) -> f32>(out: &mut [f32], x: &[f32], y: &[f32], f: &F) {
     for ((o, &x), &y) in out.iter_mut().zip(x).zip(y) {
         *o = f(x, y);
+    }
+}
+
+/// `out_i = f(out_i, x_i)`, compiled for AVX2 and FMA as [`map_chunk`] is.
+#[inline(always)]
+fn update_chunk<F: Fn(f32, f32) -> f32>(out: &mut [f32], x: &[f32], f: &F) {
+    for (o, &x) in out.iter_mut().zip(x) {
+        *o = f(*o, x);
     }
 }
 
