@@ -8,7 +8,11 @@
 #   scripts/pack-gpu.sh            # stripped test binaries and the CLI into .dev/bin.tar.xz
 # and carry .dev (and .gl with the Vulkan loader, .whl with diffusers) to the GPU machine.
 # Each step has its own time limit so that a slow one cannot eat the others; logs go to $OUT.
-# Arguments name the steps to run (default: ceiling compare tests cli); `profile` times every
+# Arguments name the steps to run (default: convs ceiling compare tests cli). `convs` times the
+# U-Net's training and sampling steps at batch 32 with burn's direct convolution
+# (DIFFUSION_CUBE_CONV=direct) and with ours lowered to matrix products (the default), in
+# alternating runs (CONVS_ROUNDS rounds, 1 by default, of four runs of at most CONVS_S
+# seconds, 90 by default). `profile` times every
 # kernel of one U-Net and one DiT-S/2 training step at batch 32 through CubeCL's profiler
 # (its per-kernel summary tables, xz-compressed, in $OUT/profile-*.log.xz; PROFILE_MODELS,
 # PROFILE_WARMUP and PROFILE_S choose the models, warm-up steps and time limit; autotuning's
@@ -40,8 +44,22 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 export XDG_RUNTIME_DIR=/tmp
 
-steps="${*:-ceiling compare tests cli}"
+steps="${*:-convs ceiling compare tests cli}"
 want() { [[ " $steps " == *" $1 "* ]]; }
+
+if want convs; then
+step "U-Net on wgpu: burn's direct convolution against the lowered one"
+for round in $(seq "${CONVS_ROUNDS:-1}"); do
+    for conv in direct lowered; do
+        for kind in train sample; do
+            printf '%s, %s, round %s: ' "$conv" "$kind" "$round" | tee -a "$OUT/convs.log"
+            DIFFUSION_CUBE_CONV=$conv timeout "${CONVS_S:-90}" "$bin/diffusion" bench "$kind" \
+                --model ddpm-cifar10 --batch 32 --warmup 3 --iters 5 --backend wgpu 2>&1 \
+                | tail -n 1 | tee -a "$OUT/convs.log"
+        done
+    done
+done
+fi
 
 if want ceiling; then
 step "dense-kernel ceiling on wgpu"

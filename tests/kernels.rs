@@ -1,10 +1,11 @@
 //! The CPU kernels of diffusion-kernels against burn's own operations. On flex (f32) they
 //! replace burn's convolution, linear layer, group norm, SiLU, GELU, DiT's modulated layer norm
-//! and attention in the backbones, so they must give the same values and the same gradients; on the other
-//! backends they must stand aside (there the comparisons are burn against burn, and the
-//! assertions on `try_*` carry the test).
+//! and attention in the backbones, so they must give the same values and the same gradients; on
+//! the cubecl backends (wgpu, CUDA) the convolution is lowered to a matrix product and held to
+//! burn's the same way; elsewhere the kernels must stand aside (there the comparisons are burn
+//! against burn, and the assertions on `try_*` carry the test).
 
-use burn::module::Param;
+use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{GroupNorm, GroupNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{DType, Distribution, Tensor};
@@ -14,6 +15,11 @@ use diffusion_tests::{assert_close_floor, device, spec};
 
 fn on_flex() -> bool {
     spec().backend == BackendKind::Flex
+}
+
+/// A cubecl backend, where convolutions are lowered to matrix products.
+fn on_cube() -> bool {
+    matches!(spec().backend, BackendKind::Wgpu | BackendKind::Cuda)
 }
 
 fn values<const D: usize>(t: &Tensor<D>) -> Vec<f64> {
@@ -99,8 +105,8 @@ fn convolution_values_and_gradients_match_burn() {
         let ours = diffusion_kernels::try_conv2d(&conv, input());
         assert_eq!(
             ours.is_some(),
-            on_flex(),
-            "the kernels take every case on flex, none elsewhere"
+            on_flex() || on_cube(),
+            "the kernels take every case on flex and the cubecl backends, none elsewhere"
         );
         // Elsewhere, burn's operations on a graph of their own (backward consumes a graph).
         let ours = ours.unwrap_or_else(|| conv.forward(input()));
@@ -125,6 +131,16 @@ fn convolution_values_and_gradients_match_burn() {
             assert_close_floor(&what, &ours, &reference, 1e-5, floor);
         };
         close(format!("conv {what}"), values(&ours), values(&reference));
+        // Without autodiff (sampling), the same function.
+        let plain = conv.valid();
+        let x_plain = Tensor::<4>::from_data(input().into_data(), &device());
+        let ours_plain = diffusion_kernels::conv2d(&plain, x_plain.clone());
+        let reference_plain = plain.forward(x_plain);
+        close(
+            format!("conv (no autodiff) {what}"),
+            values(&ours_plain),
+            values(&reference_plain),
+        );
 
         let g = Tensor::<4>::random(reference.dims(), Distribution::Normal(0.0, 1.0), &ad);
         let ours_grads = (ours * g.clone()).sum().backward();

@@ -4,7 +4,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
-use burn::backend::ops::{ActivationOps, ConvOptions, FloatTensorOps, ModuleOps};
+use burn::backend::ops::{ActivationOps, FloatTensorOps, ModuleOps};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, AutodiffBackend, Backend, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{Shape, TensorData};
@@ -421,21 +421,6 @@ fn values_mut(x: &mut FlexTensor) -> &mut [f32] {
     &mut x.storage_mut::<f32>()[..len]
 }
 
-/// burn's options for the same convolution (for the differentiable fallbacks below).
-fn options(p: &Patches, weight: &Shape) -> ConvOptions<2> {
-    let kernel = [weight[2], weight[3]];
-    let end = |axis: usize| {
-        let span = (p.output[axis] - 1) * p.stride[axis] + kernel[axis];
-        span.saturating_sub(p.input[axis] + p.pad_begin[axis])
-    };
-    ConvOptions::new_with_padding(
-        p.stride,
-        [(p.pad_begin[0], end(0)), (p.pad_begin[1], end(1))],
-        [1, 1],
-        1,
-    )
-}
-
 impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
     fn patch_conv2d(
         x: FloatTensor<Self>,
@@ -489,7 +474,7 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         grad: FloatTensor<Self>,
         p: Patches,
     ) -> FloatTensor<Self> {
-        let options = options(&p, &weight.shape());
+        let options = p.conv_options();
         Self::conv2d_x_backward(x, weight, grad, options)
     }
 
@@ -500,7 +485,7 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         grad: FloatTensor<Self>,
         p: Patches,
     ) -> FloatTensor<Self> {
-        let options = options(&p, &weight.shape());
+        let options = p.conv_options();
         Self::conv2d_weight_backward(x, weight, grad, options)
     }
 

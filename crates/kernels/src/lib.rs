@@ -44,11 +44,17 @@
 //!   device's generator, not one ChaCha draw per element ([`mod@dropout`]);
 //! - an EMA's step updates the average in place in one pass ([`ema_update`]).
 //!
+//! On the cubecl backends (wgpu, CUDA; the `wgpu` and `cuda` features), [`conv2d`] is one
+//! matrix product over the input's im2col patches, built from tensor operations, with burn's
+//! gradients (`cube`): burn's own f32 convolution there is a direct kernel several times
+//! slower than its matrix product.
+//!
 //! [`conv2d`], [`linear()`], [`group_norm`], [`group_norm_silu`], [`silu()`], [`gelu_tanh()`],
 //! [`modulated_layer_norm`], [`attention()`], [`dropout()`], [`ema_update`] and [`AdamW`]'s
 //! steps take these paths for f32 tensors on flex devices (with or without autodiff) when the
-//! `flex` feature is on, and burn's own operations everywhere else, so a model computes the
-//! same function on every backend ([`applies_to`] says which).
+//! `flex` feature is on, and burn's own operations everywhere else (but for the convolution on
+//! the cubecl backends), so a model computes the same function on every backend
+//! ([`applies_to`] says where the CPU kernels run).
 
 pub mod adamw;
 pub mod attention;
@@ -69,6 +75,8 @@ pub mod silu;
 mod simd;
 pub mod winograd;
 
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+pub mod cube;
 #[cfg(feature = "flex")]
 mod extension;
 #[cfg(feature = "flex")]
@@ -94,16 +102,20 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 }
 
 /// The convolution through the kernels: `Some` for f32 tensors on flex (with the `flex`
-/// feature) with one group, dilation 1, explicit or no padding and non-empty sizes; `None`
+/// feature) and float tensors on a cubecl device (`cube`, with the `wgpu` or `cuda` feature),
+/// for layers of one group, dilation 1, explicit or no padding and non-empty sizes; `None`
 /// otherwise, where [`conv2d`] uses burn's.
 pub fn try_conv2d(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
     #[cfg(feature = "flex")]
-    return route::conv2d(conv, x);
-    #[cfg(not(feature = "flex"))]
-    {
-        let _ = (conv, x);
-        None
+    if route::on_flex(&x) {
+        return route::conv2d(conv, x);
     }
+    #[cfg(any(feature = "wgpu", feature = "cuda"))]
+    if cube::takes(&x) {
+        return cube::conv2d(conv, x);
+    }
+    let _ = (conv, x);
+    None
 }
 
 /// `layer.forward(x)`, y = x W + b over the last dimension of `x` (`[..., I]`): the

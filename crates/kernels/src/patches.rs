@@ -9,6 +9,10 @@
 
 use std::ops::Range;
 
+use burn::backend::ops::ConvOptions;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+
 /// The geometry of a 2-D convolution's patches (dilation 1, one group).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Patches {
@@ -57,6 +61,37 @@ impl Patches {
     /// Rows of the patch matrix of one image: C_in·k_h·k_w.
     pub fn rows(&self) -> usize {
         self.channels * self.kernel[0] * self.kernel[1]
+    }
+
+    /// The patches of `conv` on inputs of shape `input`; `None` for what the kernels do not
+    /// take: groups, dilation, padding that depends on the input size (`Same`), stride 0, empty
+    /// sizes, a channel count that is not the layer's, a kernel larger than the padded input.
+    pub fn of_conv(conv: &Conv2d, input: [usize; 4]) -> Option<Self> {
+        let [_, c_in, kh, kw] = conv.weight.dims();
+        let plain = conv.groups == 1 && conv.dilation == [1, 1] && !conv.stride.contains(&0);
+        let sizes = input.into_iter().chain(conv.weight.dims()).all(|d| d > 0);
+        let padding = match conv.padding {
+            PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+            PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+            _ => return None,
+        };
+        let p = Self::new(input, [kh, kw], conv.stride, padding)?;
+        (plain && sizes && p.channels == c_in).then_some(p)
+    }
+
+    /// burn's options for the same convolution: the padding at the end is what the last patch
+    /// reaches beyond the image (none where the patches stop short of it).
+    pub fn conv_options(&self) -> ConvOptions<2> {
+        let end = |axis: usize| {
+            let span = (self.output[axis] - 1) * self.stride[axis] + self.kernel[axis];
+            span.saturating_sub(self.input[axis] + self.pad_begin[axis])
+        };
+        ConvOptions::new_with_padding(
+            self.stride,
+            [(self.pad_begin[0], end(0)), (self.pad_begin[1], end(1))],
+            [1, 1],
+            1,
+        )
     }
 
     /// Columns of the patch matrix of one image: the output pixels.

@@ -3,7 +3,7 @@
 use burn::backend::{Dispatch, DispatchDevice};
 use burn::module::Param;
 use burn::nn::conv::Conv2d;
-use burn::nn::{Dropout, GroupNorm, Linear, PaddingConfig2d};
+use burn::nn::{Dropout, GroupNorm, Linear};
 use burn::tensor::{DType, Device, Distribution, Tensor, TensorData};
 
 use crate::adamw::AdamWStep;
@@ -73,20 +73,14 @@ pub fn group_norm<const D: usize>(norm: &GroupNorm, x: Tensor<D>, silu: bool) ->
 }
 
 /// The convolution through the kernels, or `None` where they do not apply (another backend or
-/// dtype, groups, dilation, padding that depends on the input size, empty sizes, stride 0).
+/// dtype, or a layer [`Patches::of_conv`] does not take).
 pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
     let weight = conv.weight.val();
-    let plain = conv.groups == 1 && conv.dilation == [1, 1] && !conv.stride.contains(&0);
-    let sizes = x.dims().into_iter().chain(weight.dims()).all(|d| d > 0);
-    if !plain || !sizes || !on_flex(&x) || !on_flex(&weight) {
+    if !on_flex(&x) || !on_flex(&weight) {
         return None;
     }
-    let [c_out, c_in, kh, kw] = weight.dims();
-    let p = Patches::new(x.dims(), [kh, kw], conv.stride, explicit_padding(&conv.padding)?)?;
-    if p.channels != c_in {
-        return None;
-    }
-    let bias = flex_bias(conv.bias.as_ref(), c_out, &x.device())?;
+    let p = Patches::of_conv(conv, x.dims())?;
+    let bias = flex_bias(conv.bias.as_ref(), weight.dims()[0], &x.device())?;
     let y = <Dispatch as CpuKernels>::patch_conv2d(
         x.into_dispatch(),
         weight.into_dispatch(),
@@ -129,15 +123,6 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Option<Tensor<D>>
 fn flex_bias(bias: Option<&Param<Tensor<1>>>, len: usize, device: &Device) -> Option<Tensor<1>> {
     let bias = bias.map_or_else(|| Tensor::zeros([len], device), Param::val);
     on_flex(&bias).then_some(bias)
-}
-
-/// The padding as (top, bottom), (left, right), unless it depends on the input (`Same`).
-fn explicit_padding(padding: &PaddingConfig2d) -> Option<[(usize, usize); 2]> {
-    match padding {
-        PaddingConfig2d::Valid => Some([(0, 0), (0, 0)]),
-        PaddingConfig2d::Explicit(top, left, bottom, right) => Some([(*top, *bottom), (*left, *right)]),
-        _ => None,
-    }
 }
 
 /// Multi-head attention through the kernels, or `None` where they do not apply (another backend

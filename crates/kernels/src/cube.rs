@@ -1,0 +1,315 @@
+//! Convolutions on the cubecl backends (wgpu, CUDA) as one matrix product over the input's
+//! patches: y_b = W · cols(x_b) + b (im2col, Chellapilla et al. 2006), with W of shape
+//! `[C_out, C_in·k_h·k_w]` and cols(x_b) the `[C_in·k_h·k_w, H_out·W_out]` patch matrix of
+//! [`crate::patches`].
+//!
+//! burn 0.22 autotunes an f32 convolution on these backends between a direct kernel,
+//! implicit-GEMM kernels built on the tensor cores' matrix instructions and an im2col kernel for
+//! 1×1 convolutions only. On an H100 under wgpu the profile of a U-Net training step showed the
+//! direct kernel alone, 61 % of the step's GPU time: the forward pass ran at about 2 TFLOP/s,
+//! where burn's matrix product reaches 18.6 (docs/performance.md, "GPU"). Here the forward pass builds the patch matrix
+//! from k_h·k_w strided slices of the zero-padded input and multiplies it in one batched
+//! product; the gradients are burn's, which it already lowers to matrix products (and col2im
+//! for ∂x).
+//!
+//! `DIFFUSION_CUBE_CONV=direct` in the environment turns the lowering off (burn's own
+//! convolution everywhere), to compare the two on a device; any other value, or none, leaves
+//! it on.
+
+use std::sync::OnceLock;
+
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Autodiff, Backend, Cube, Dispatch, DispatchDevice, TensorMetadata, backend_extension};
+use burn::nn::conv::Conv2d;
+use burn::tensor::{DType, Shape, Slice, Tensor};
+
+use crate::patches::Patches;
+
+/// The operations that the cubecl backends run lowered to matrix products. Arguments are
+/// float tensors of one dtype: `[B, C_in, H, W]` inputs, `[C_out, C_in, k_h, k_w]` weights and
+/// `[C_out]` biases, one group, dilation 1.
+#[backend_extension(Cube: cfg(any(feature = "wgpu", feature = "cuda")), Autodiff)]
+pub trait CubeKernels: Backend {
+    /// conv(x, w) + bias: `[B, C_out, H_out, W_out]`.
+    fn im2col_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        patches: Patches,
+    ) -> FloatTensor<Self>;
+}
+
+impl CubeKernels for Cube {
+    fn im2col_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        p: Patches,
+    ) -> FloatTensor<Self> {
+        lowered_conv2d::<Self>(x, weight, bias, p)
+    }
+}
+
+/// The most bytes of patches built at once: 256 MiB, 56 images of the `ddpm-cifar10` U-Net's
+/// largest patch matrix (128 channels at 32×32: 4.7 MB an image), or one 256×256 image of 64
+/// channels.
+const PATCH_BUDGET: usize = 1 << 28;
+
+/// y = W · cols(x) + b, over as many images at a time as [`PATCH_BUDGET`] allows.
+pub(crate) fn lowered_conv2d<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    p: Patches,
+) -> FloatTensor<B> {
+    lowered_conv2d_within::<B>(x, weight, bias, p, PATCH_BUDGET)
+}
+
+/// [`lowered_conv2d`] with at most `budget` bytes of patches at once (at least one image).
+fn lowered_conv2d_within<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    p: Patches,
+    budget: usize,
+) -> FloatTensor<B> {
+    let per_image = p.rows() * p.columns() * x.dtype().size();
+    let images = (budget / per_image).clamp(1, p.batch);
+    if images == p.batch {
+        return product::<B>(x, weight, bias, p);
+    }
+    let parts = (0..p.batch)
+        .step_by(images)
+        .map(|start| {
+            let end = (start + images).min(p.batch);
+            let group = B::float_slice(
+                x.clone(),
+                &[(start..end).into(), Slice::full(), Slice::full(), Slice::full()],
+            );
+            let p = Patches {
+                batch: end - start,
+                ..p
+            };
+            product::<B>(group, weight.clone(), bias.clone(), p)
+        })
+        .collect();
+    B::float_cat(parts, 0)
+}
+
+/// y = W · cols(x) + b over every image at once: a `[1, C_out, C_in·k_h·k_w]` weight against
+/// the `[B, C_in·k_h·k_w, H_out·W_out]` patches, so the product comes out in NCHW order.
+fn product<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    bias: FloatTensor<B>,
+    p: Patches,
+) -> FloatTensor<B> {
+    let c_out = weight.shape()[0];
+    let weight = B::float_reshape(weight, Shape::new([1, c_out, p.rows()]));
+    let y = B::float_matmul(weight, im2col::<B>(x, &p));
+    let y = B::float_add(y, B::float_reshape(bias, Shape::new([1, c_out, 1])));
+    B::float_reshape(y, Shape::new([p.batch, c_out, p.output[0], p.output[1]]))
+}
+
+/// The patch matrices of the batch, `[B, C_in·k_h·k_w, H_out·W_out]`: row (c, i, j) holds
+/// x[b, c, y·s_h + i − p_top, x·s_w + j − p_left] over the output positions (y, x), zero
+/// outside the image. Each kernel tap (i, j) is one strided slice of the padded input,
+/// `[B, C_in, 1, H_out, W_out]`; their concatenation is `[B, C_in, k_h·k_w, H_out, W_out]`.
+fn im2col<B: Backend>(x: FloatTensor<B>, p: &Patches) -> FloatTensor<B> {
+    let padded = padded::<B>(x, p);
+    let ([kh, kw], [ho, wo], [sh, sw]) = (p.kernel, p.output, p.stride);
+    let taps = (0..kh)
+        .flat_map(|i| (0..kw).map(move |j| (i, j)))
+        .map(|(i, j)| {
+            let slices = [
+                Slice::full(),
+                Slice::full(),
+                strided(i, ho, sh),
+                strided(j, wo, sw),
+            ];
+            // A strided view of the padded input; the concatenation copies it into place.
+            let tap = B::float_slice(padded.clone(), &slices);
+            B::float_reshape(tap, Shape::new([p.batch, p.channels, 1, ho, wo]))
+        })
+        .collect::<Vec<_>>();
+    // A 1×1 kernel's one tap is the patch matrix already (a view of a contiguous input).
+    let cols = match <[_; 1]>::try_from(taps) {
+        Ok([tap]) => tap,
+        Err(taps) => B::float_cat(taps, 2),
+    };
+    B::float_reshape(cols, Shape::new([p.batch, p.rows(), ho * wo]))
+}
+
+/// `count` indices from `start` in steps of `step`.
+fn strided(start: usize, count: usize, step: usize) -> Slice {
+    let end = start + (count - 1) * step + 1;
+    Slice::new(start as isize, Some(end as isize), step as isize)
+}
+
+/// The input on the rows and columns the patches read, (H_out − 1)·s_h + k_h by
+/// (W_out − 1)·s_w + k_w from (−p_top, −p_left): zeros around the image, and without what no
+/// patch reaches. The input itself when that is exactly the image.
+fn padded<B: Backend>(x: FloatTensor<B>, p: &Patches) -> FloatTensor<B> {
+    let span = |axis: usize| (p.output[axis] - 1) * p.stride[axis] + p.kernel[axis];
+    let (span, begin) = ([span(0), span(1)], p.pad_begin);
+    if begin == [0, 0] && span == p.input {
+        return x;
+    }
+    // Image rows (columns) inside the span, and where they go in it.
+    let kept = |axis: usize| p.input[axis].min(span[axis] - begin[axis]);
+    let kept = [kept(0), kept(1)];
+    let x = B::float_slice(
+        x,
+        &[
+            Slice::full(),
+            Slice::full(),
+            (0..kept[0]).into(),
+            (0..kept[1]).into(),
+        ],
+    );
+    let shape = Shape::new([p.batch, p.channels, span[0], span[1]]);
+    let zeros = B::float_zeros(shape, &x.device(), x.dtype().into());
+    let place = [begin[0]..begin[0] + kept[0], begin[1]..begin[1] + kept[1]].map(Slice::from);
+    B::float_slice_assign(zeros, &[Slice::full(), Slice::full(), place[0], place[1]], x)
+}
+
+impl<B: Backend + CubeKernels, C: CheckpointStrategy> CubeKernels for Autodiff<B, C> {
+    /// The lowered product forward; burn's convolution gradients backward.
+    fn im2col_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        bias: FloatTensor<Self>,
+        p: Patches,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct Conv2d;
+        impl<B: Backend> Backward<B, 3> for Conv2d {
+            type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive, Patches);
+            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+                let [node_x, node_w, node_b] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, w, p) = ops.state;
+                let options = p.conv_options();
+                if let Some(node) = node_b {
+                    let summed = B::float_sum_dim(B::float_sum_dim(B::float_sum_dim(grad.clone(), 3), 2), 0);
+                    let c_out = summed.shape()[1];
+                    grads.register::<B>(node.id, B::float_reshape(summed, Shape::new([c_out])));
+                }
+                if let Some(node) = node_x {
+                    let dx = B::conv2d_x_backward(x.clone(), w.clone(), grad.clone(), options.clone());
+                    grads.register::<B>(node.id, dx);
+                }
+                if let Some(node) = node_w {
+                    grads.register::<B>(node.id, B::conv2d_weight_backward(x, w, grad, options));
+                }
+            }
+        }
+        let nodes = [x.node(), weight.node(), bias.node()];
+        let (x, w, b) = (x.into_primitive(), weight.into_primitive(), bias.into_primitive());
+        match Conv2d.prepare::<C>(nodes).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => prep.finish((x.clone(), w.clone(), p), B::im2col_conv2d(x, w, b, p)),
+            OpsKind::UnTracked(prep) => prep.finish(B::im2col_conv2d(x, w, b, p)),
+        }
+    }
+}
+
+/// A float tensor on a cubecl device, unless `DIFFUSION_CUBE_CONV=direct`.
+pub fn takes<const D: usize>(x: &Tensor<D>) -> bool {
+    static DIRECT: OnceLock<bool> = OnceLock::new();
+    let direct = *DIRECT.get_or_init(|| std::env::var("DIFFUSION_CUBE_CONV").is_ok_and(|v| v == "direct"));
+    let float = matches!(x.dtype(), DType::F64 | DType::F32 | DType::F16 | DType::BF16);
+    !direct && float && matches!(x.device().inner().as_dispatch(), DispatchDevice::Cube(_))
+}
+
+/// The convolution lowered to a matrix product, or `None` where that does not apply (another
+/// backend, mixed dtypes, or a layer [`Patches::of_conv`] does not take).
+pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
+    let weight = conv.weight.val();
+    if !takes(&x) || weight.dtype() != x.dtype() {
+        return None;
+    }
+    let p = Patches::of_conv(conv, x.dims())?;
+    let bias = match &conv.bias {
+        Some(bias) => bias.val(),
+        None => Tensor::zeros([weight.dims()[0]], (&x.device(), x.dtype())),
+    };
+    if bias.dtype() != x.dtype() {
+        return None;
+    }
+    let y = <Dispatch as CubeKernels>::im2col_conv2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        bias.into_dispatch(),
+        p,
+    );
+    Some(Tensor::from_dispatch(y))
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    //! The lowering is written for any backend, so its arithmetic is checked here on flex's
+    //! tensors against burn's convolution, whole and in groups of images; the integration tests
+    //! hold the routed layer to burn's on wgpu.
+
+    use burn::backend::DispatchTensor;
+    use burn::backend::ops::ModuleOps;
+    use burn::tensor::{Device, Distribution};
+
+    use super::*;
+
+    fn random(shape: [usize; 4], device: &Device) -> DispatchTensor {
+        Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), device).into_dispatch()
+    }
+
+    fn values(t: DispatchTensor) -> Vec<f32> {
+        Tensor::<4>::from_dispatch(t)
+            .to_data()
+            .try_to_vec::<f32>()
+            .unwrap()
+    }
+
+    #[test]
+    fn lowering_matches_burns_convolution_whole_and_in_groups() {
+        let device = Device::flex();
+        device.seed(11);
+        let cases = [
+            // 3×3 "same" padding; a 3×2 kernel with stride (2, 1) and padding on one side of
+            // each axis; stride 2 whose patches stop short of the last row and column; 1×1 (one
+            // tap, no padding); DiT's 2×2 patches.
+            ([5, 3, 7, 6], [3, 3], [1, 1], [(1, 1), (1, 1)]),
+            ([5, 2, 7, 6], [3, 2], [2, 1], [(0, 1), (2, 0)]),
+            ([5, 2, 8, 8], [3, 3], [2, 2], [(1, 1), (1, 1)]),
+            ([5, 4, 4, 4], [1, 1], [1, 1], [(0, 0), (0, 0)]),
+            ([5, 3, 8, 8], [2, 2], [2, 2], [(0, 0), (0, 0)]),
+        ];
+        for (input, kernel, stride, padding) in cases {
+            let p = Patches::new(input, kernel, stride, padding).unwrap();
+            let x = random(input, &device);
+            let w = random([4, input[1], kernel[0], kernel[1]], &device);
+            let b = Tensor::<1>::random([4], Distribution::Normal(0.0, 1.0), &device).into_dispatch();
+            let reference = values(Dispatch::conv2d(
+                x.clone(),
+                w.clone(),
+                Some(b.clone()),
+                p.conv_options(),
+            ));
+            let per_image = p.rows() * p.columns() * 4;
+            // All images at once; one at a time; two at a time, the last group of one.
+            for budget in [usize::MAX, per_image, 2 * per_image + 1] {
+                let y = lowered_conv2d_within::<Dispatch>(x.clone(), w.clone(), b.clone(), p, budget);
+                let y = values(y);
+                assert_eq!(y.len(), reference.len(), "{p:?}");
+                for (i, (a, r)) in y.iter().zip(&reference).enumerate() {
+                    assert!(
+                        (a - r).abs() <= 1e-5 * r.abs().max(1.0),
+                        "{p:?}, budget {budget}, entry {i}: {a} against {r}"
+                    );
+                }
+            }
+        }
+    }
+}
