@@ -56,7 +56,8 @@ struct KernelBench {
     /// Timed iterations (the median is reported).
     #[arg(long, default_value_t = 10)]
     iters: usize,
-    /// Backend (the kernels apply to flex; elsewhere both columns are burn's operations).
+    /// Backend (the kernels apply to flex; on wgpu and CUDA the convolutions are lowered to
+    /// matrix products; elsewhere both columns are burn's operations).
     #[arg(long, default_value = "flex")]
     backend: DeviceSpec,
     /// Also write the results as JSON here.

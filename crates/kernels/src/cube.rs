@@ -18,15 +18,13 @@
 
 use std::sync::OnceLock;
 
-use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
-use burn::backend::autodiff::grads::Gradients;
-use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Autodiff, Backend, Cube, Dispatch, DispatchDevice, TensorMetadata, backend_extension};
 use burn::nn::conv::Conv2d;
 use burn::tensor::{DType, Shape, Slice, Tensor};
 
+use crate::conv_op::{self, ConvOps};
 use crate::patches::Patches;
 
 /// The operations that the cubecl backends run lowered to matrix products. Arguments are
@@ -177,43 +175,45 @@ fn padded<B: Backend>(x: FloatTensor<B>, p: &Patches) -> FloatTensor<B> {
     B::float_slice_assign(zeros, &[Slice::full(), Slice::full(), place[0], place[1]], x)
 }
 
+/// The lowered convolution forward, burn's convolution gradients backward.
+#[derive(Debug)]
+struct Lowered;
+
+impl<B: Backend + CubeKernels> ConvOps<B> for Lowered {
+    fn forward(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        bias: FloatTensor<B>,
+        p: Patches,
+    ) -> FloatTensor<B> {
+        B::im2col_conv2d(x, weight, bias, p)
+    }
+    fn input_grad(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        p: Patches,
+    ) -> FloatTensor<B> {
+        B::conv2d_x_backward(x, weight, grad, p.conv_options())
+    }
+    fn weight_grad(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        p: Patches,
+    ) -> FloatTensor<B> {
+        B::conv2d_weight_backward(x, weight, grad, p.conv_options())
+    }
+}
+
 impl<B: Backend + CubeKernels, C: CheckpointStrategy> CubeKernels for Autodiff<B, C> {
-    /// The lowered product forward; burn's convolution gradients backward.
     fn im2col_conv2d(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         bias: FloatTensor<Self>,
         p: Patches,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Conv2d;
-        impl<B: Backend> Backward<B, 3> for Conv2d {
-            type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive, Patches);
-            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let [node_x, node_w, node_b] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x, w, p) = ops.state;
-                let options = p.conv_options();
-                if let Some(node) = node_b {
-                    let summed = B::float_sum_dim(B::float_sum_dim(B::float_sum_dim(grad.clone(), 3), 2), 0);
-                    let c_out = summed.shape()[1];
-                    grads.register::<B>(node.id, B::float_reshape(summed, Shape::new([c_out])));
-                }
-                if let Some(node) = node_x {
-                    let dx = B::conv2d_x_backward(x.clone(), w.clone(), grad.clone(), options.clone());
-                    grads.register::<B>(node.id, dx);
-                }
-                if let Some(node) = node_w {
-                    grads.register::<B>(node.id, B::conv2d_weight_backward(x, w, grad, options));
-                }
-            }
-        }
-        let nodes = [x.node(), weight.node(), bias.node()];
-        let (x, w, b) = (x.into_primitive(), weight.into_primitive(), bias.into_primitive());
-        match Conv2d.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((x.clone(), w.clone(), p), B::im2col_conv2d(x, w, b, p)),
-            OpsKind::UnTracked(prep) => prep.finish(B::im2col_conv2d(x, w, b, p)),
-        }
+        conv_op::conv2d::<B, C, Lowered>(x, weight, bias, p)
     }
 }
 

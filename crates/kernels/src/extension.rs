@@ -12,6 +12,7 @@ use burn_flex::FlexTensor;
 
 use crate::adamw::{self, AdamWStep};
 use crate::attention::{self, AttentionSpec};
+use crate::conv_op::{self, ConvOps};
 use crate::ema;
 use crate::layer_norm::{self, LayerNormSpec};
 use crate::linear::{self, LinearSpec};
@@ -421,6 +422,40 @@ fn values_mut(x: &mut FlexTensor) -> &mut [f32] {
     &mut x.storage_mut::<f32>()[..len]
 }
 
+/// The convolution of the flex kernels and its gradients, as one autodiff operation.
+#[derive(Debug)]
+struct PatchConv;
+
+impl<B: Backend + CpuKernels> ConvOps<B> for PatchConv {
+    fn forward(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        bias: FloatTensor<B>,
+        p: Patches,
+    ) -> FloatTensor<B> {
+        B::patch_conv2d(x, weight, bias, p)
+    }
+    fn input_grad(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        p: Patches,
+    ) -> FloatTensor<B> {
+        B::patch_conv2d_input_grad(x, weight, grad, p)
+    }
+    fn weight_grad(
+        x: FloatTensor<B>,
+        weight: FloatTensor<B>,
+        grad: FloatTensor<B>,
+        p: Patches,
+    ) -> FloatTensor<B> {
+        B::patch_conv2d_weight_grad(x, weight, grad, p)
+    }
+    fn bias_grad(grad: FloatTensor<B>, p: Patches) -> FloatTensor<B> {
+        B::patch_conv2d_bias_grad(grad, p)
+    }
+}
+
 impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, C> {
     fn patch_conv2d(
         x: FloatTensor<Self>,
@@ -428,39 +463,12 @@ impl<B: Backend + CpuKernels, C: CheckpointStrategy> CpuKernels for Autodiff<B, 
         bias: FloatTensor<Self>,
         p: Patches,
     ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct Conv2d;
-        impl<B: Backend + CpuKernels> Backward<B, 3> for Conv2d {
-            type State = (B::FloatTensorPrimitive, B::FloatTensorPrimitive, Patches);
-            fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-                let [node_x, node_w, node_b] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x, w, p) = ops.state;
-                if let Some(node) = node_b {
-                    grads.register::<B>(node.id, B::patch_conv2d_bias_grad(grad.clone(), p));
-                }
-                if let Some(node) = node_x {
-                    let dx = B::patch_conv2d_input_grad(x.clone(), w.clone(), grad.clone(), p);
-                    grads.register::<B>(node.id, dx);
-                }
-                if let Some(node) = node_w {
-                    grads.register::<B>(node.id, B::patch_conv2d_weight_grad(x, w, grad, p));
-                }
-            }
-        }
-        let nodes = [x.node(), weight.node(), bias.node()];
-        let (x, w, b) = (x.into_primitive(), weight.into_primitive(), bias.into_primitive());
-        match Conv2d.prepare::<C>(nodes).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => prep.finish((x.clone(), w.clone(), p), B::patch_conv2d(x, w, b, p)),
-            OpsKind::UnTracked(prep) => prep.finish(B::patch_conv2d(x, w, b, p)),
-        }
+        conv_op::conv2d::<B, C, PatchConv>(x, weight, bias, p)
     }
 
     /// Sums over images and positions, from differentiable operations.
     fn patch_conv2d_bias_grad(grad: FloatTensor<Self>, _: Patches) -> FloatTensor<Self> {
-        let c = grad.shape()[1];
-        let summed = Self::float_sum_dim(Self::float_sum_dim(Self::float_sum_dim(grad, 3), 2), 0);
-        Self::float_reshape(summed, Shape::new([c]))
+        conv_op::summed_per_channel::<Self>(grad)
     }
 
     /// burn's differentiable convolution gradient. The gradient operations of this impl are

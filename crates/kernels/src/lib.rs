@@ -59,6 +59,8 @@
 pub mod adamw;
 pub mod attention;
 pub mod conv;
+#[cfg(any(feature = "flex", feature = "wgpu", feature = "cuda"))]
+mod conv_op;
 pub mod dropout;
 mod elementwise;
 pub mod ema;
