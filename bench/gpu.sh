@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks, as one script for a lent GPU machine with no network and no Rust toolchain:
-# the dense-kernel ceiling on wgpu, the U-Net and DiT steps on wgpu against PyTorch CUDA
+# the U-Net's training step with burn's convolution and with ours, the dense-kernel ceiling on
+# wgpu, the U-Net and DiT steps on wgpu against PyTorch CUDA
 # (bench/compare_pytorch.py), then the integration and CLI test suites on wgpu.
 #
 # Prepare on the build machine (x86-64), from the repository root:
@@ -9,10 +10,10 @@
 # and carry .dev (and .gl with the Vulkan loader, .whl with diffusers) to the GPU machine.
 # Each step has its own time limit so that a slow one cannot eat the others; logs go to $OUT.
 # Arguments name the steps to run (default: convs ceiling compare tests cli). `convs` times the
-# U-Net's training and sampling steps at batch 32 with burn's direct convolution
-# (DIFFUSION_CUBE_CONV=direct) and with ours lowered to matrix products (the default), in
-# alternating runs (CONVS_ROUNDS rounds, 1 by default, of four runs of at most CONVS_S
-# seconds, 90 by default). `profile` times every
+# U-Net's batch-32 training step with burn's own (autotuned) convolution
+# (DIFFUSION_CUBE_CONV=direct) and then with ours lowered to matrix products (the default),
+# CONVS_ROUNDS rounds (1 by default) of the two runs, each of at most CONVS_S seconds (120 by
+# default; every run autotunes from scratch). `profile` times every
 # kernel of one U-Net and one DiT-S/2 training step at batch 32 through CubeCL's profiler
 # (its per-kernel summary tables, xz-compressed, in $OUT/profile-*.log.xz; PROFILE_MODELS,
 # PROFILE_WARMUP and PROFILE_S choose the models, warm-up steps and time limit; autotuning's
@@ -48,15 +49,13 @@ steps="${*:-convs ceiling compare tests cli}"
 want() { [[ " $steps " == *" $1 "* ]]; }
 
 if want convs; then
-step "U-Net on wgpu: burn's direct convolution against the lowered one"
+step "U-Net on wgpu: burn's convolution against the lowered one"
 for round in $(seq "${CONVS_ROUNDS:-1}"); do
     for conv in direct lowered; do
-        for kind in train sample; do
-            printf '%s, %s, round %s: ' "$conv" "$kind" "$round" | tee -a "$OUT/convs.log"
-            DIFFUSION_CUBE_CONV=$conv timeout "${CONVS_S:-90}" "$bin/diffusion" bench "$kind" \
-                --model ddpm-cifar10 --batch 32 --warmup 3 --iters 5 --backend wgpu 2>&1 \
-                | tail -n 1 | tee -a "$OUT/convs.log"
-        done
+        printf '%s, round %s: ' "$conv" "$round" | tee -a "$OUT/convs.log"
+        DIFFUSION_CUBE_CONV=$conv timeout "${CONVS_S:-120}" "$bin/diffusion" bench train \
+            --model ddpm-cifar10 --batch 32 --warmup 2 --iters 3 --backend wgpu 2>&1 \
+            | tail -n 2 | tee -a "$OUT/convs.log"
     done
 done
 fi

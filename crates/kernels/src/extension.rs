@@ -898,7 +898,7 @@ mod tests {
     #[test]
     fn convolution_gradient_fallbacks_match_the_kernels() {
         // Stride 2 and unequal padding whose end rows and columns are used (1 of each), so that
-        // the end padding `options` reconstructs matters.
+        // the end padding `Patches::conv_options` passes on matters.
         let p = Patches::new([2, 3, 7, 6], [3, 2], [2, 1], [(1, 1), (2, 1)]).unwrap();
         let [x, x_ad] = pair([2, 3, 7, 6], 1);
         let [w, w_ad] = pair([4, 3, 3, 2], 2);

@@ -28,6 +28,9 @@ pub struct Patches {
     pub stride: [usize; 2],
     /// Zero rows above and zero columns left of the image.
     pub pad_begin: [usize; 2],
+    /// Zero rows below and zero columns right of the image, as the layer has them (the patches
+    /// may stop short of some).
+    pub pad_end: [usize; 2],
     /// Output height and width.
     pub output: [usize; 2],
 }
@@ -51,6 +54,7 @@ impl Patches {
             kernel,
             stride,
             pad_begin: [padding[0].0, padding[1].0],
+            pad_end: [padding[0].1, padding[1].1],
             output: [
                 out(height, padding[0], kernel[0], stride[0])?,
                 out(width, padding[1], kernel[1], stride[1])?,
@@ -70,28 +74,21 @@ impl Patches {
         let [_, c_in, kh, kw] = conv.weight.dims();
         let plain = conv.groups == 1 && conv.dilation == [1, 1] && !conv.stride.contains(&0);
         let sizes = input.into_iter().chain(conv.weight.dims()).all(|d| d > 0);
+        if !plain || !sizes || input[1] != c_in {
+            return None;
+        }
         let padding = match conv.padding {
             PaddingConfig2d::Valid => [(0, 0), (0, 0)],
             PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
             _ => return None,
         };
-        let p = Self::new(input, [kh, kw], conv.stride, padding)?;
-        (plain && sizes && p.channels == c_in).then_some(p)
+        Self::new(input, [kh, kw], conv.stride, padding)
     }
 
-    /// burn's options for the same convolution: the padding at the end is what the last patch
-    /// reaches beyond the image (none where the patches stop short of it).
+    /// burn's options for the same convolution, with the layer's padding.
     pub fn conv_options(&self) -> ConvOptions<2> {
-        let end = |axis: usize| {
-            let span = (self.output[axis] - 1) * self.stride[axis] + self.kernel[axis];
-            span.saturating_sub(self.input[axis] + self.pad_begin[axis])
-        };
-        ConvOptions::new_with_padding(
-            self.stride,
-            [(self.pad_begin[0], end(0)), (self.pad_begin[1], end(1))],
-            [1, 1],
-            1,
-        )
+        let padding = [0, 1].map(|axis| (self.pad_begin[axis], self.pad_end[axis]));
+        ConvOptions::new_with_padding(self.stride, padding, [1, 1], 1)
     }
 
     /// Columns of the patch matrix of one image: the output pixels.
@@ -349,5 +346,65 @@ mod tests {
     #[test]
     fn a_kernel_larger_than_the_padded_input_has_no_patches() {
         assert_eq!(Patches::new([1, 1, 2, 2], [5, 5], [1, 1], [(1, 1), (1, 1)]), None);
+    }
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod layer_tests {
+    use burn::nn::conv::Conv2dConfig;
+    use burn::tensor::Device;
+
+    use super::*;
+
+    #[test]
+    fn of_conv_takes_plain_layers_and_keeps_their_padding() {
+        let device = Device::flex();
+        let layer = |config: Conv2dConfig| config.init(&device);
+        let pad = PaddingConfig2d::Explicit(1, 2, 0, 1);
+        let plain = layer(
+            Conv2dConfig::new([3, 4], [3, 2])
+                .with_padding(pad.clone())
+                .with_stride([2, 1]),
+        );
+        let p = Patches::of_conv(&plain, [2, 3, 7, 6]).unwrap();
+        assert_eq!((p.pad_begin, p.pad_end, p.output), ([1, 2], [0, 1], [3, 8]));
+        let options = p.conv_options();
+        assert_eq!(options.padding, [(1, 0), (2, 1)]);
+        let declined = [
+            (
+                "groups",
+                layer(Conv2dConfig::new([4, 4], [3, 3]).with_groups(2)),
+                [1, 4, 5, 5],
+            ),
+            (
+                "dilation",
+                layer(Conv2dConfig::new([3, 4], [3, 3]).with_dilation([2, 2])),
+                [1, 3, 9, 9],
+            ),
+            (
+                "stride 0",
+                layer(Conv2dConfig::new([3, 4], [3, 3]).with_stride([0, 1])),
+                [1, 3, 5, 5],
+            ),
+            (
+                "same padding",
+                layer(Conv2dConfig::new([3, 4], [3, 3]).with_padding(PaddingConfig2d::Same)),
+                [1, 3, 5, 5],
+            ),
+            ("channels", layer(Conv2dConfig::new([3, 4], [3, 3])), [1, 2, 5, 5]),
+            (
+                "kernel over the input",
+                layer(Conv2dConfig::new([3, 4], [3, 3])),
+                [1, 3, 2, 5],
+            ),
+            (
+                "empty batch",
+                layer(Conv2dConfig::new([3, 4], [3, 3])),
+                [0, 3, 5, 5],
+            ),
+        ];
+        for (what, conv, input) in declined {
+            assert_eq!(Patches::of_conv(&conv, input), None, "{what}");
+        }
     }
 }
