@@ -7,10 +7,10 @@
 //! implicit-GEMM kernels built on the tensor cores' matrix instructions and an im2col kernel for
 //! 1×1 convolutions only. On an H100 under wgpu the profile of a U-Net training step showed the
 //! direct kernel alone, 61 % of the step's GPU time: the forward pass ran at about 2 TFLOP/s,
-//! where burn's matrix product reaches 18.6 (docs/performance.md, "GPU"). Here the forward pass builds the patch matrix
-//! from k_h·k_w strided slices of the zero-padded input and multiplies it in one batched
-//! product; the gradients are burn's, which it already lowers to matrix products (and col2im
-//! for ∂x).
+//! where burn's matrix product reaches 18.6 (docs/performance.md, "GPU"). Here the forward
+//! pass copies the windows of the zero-padded input (a strided view) into the patch matrix
+//! once and multiplies it in one batched product; the gradients are burn's, which it already
+//! lowers to matrix products (and col2im for ∂x).
 //!
 //! `DIFFUSION_CUBE_CONV=direct` in the environment turns the lowering off (burn's own
 //! convolution everywhere), to compare the two on a device; any other value, or none, leaves
