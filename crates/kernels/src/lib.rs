@@ -104,7 +104,7 @@ pub fn conv2d(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 }
 
 /// The convolution through the kernels: `Some` for f32 tensors on flex (with the `flex`
-/// feature) and float tensors on a cubecl device (`cube`, with the `wgpu` or `cuda` feature),
+/// feature) and on a cubecl device (`cube`, with the `wgpu` or `cuda` feature),
 /// for layers of one group, dilation 1, explicit or no padding and non-empty sizes; `None`
 /// otherwise, where [`conv2d`] uses burn's.
 pub fn try_conv2d(conv: &Conv2d, x: Tensor<4>) -> Option<Tensor<4>> {
