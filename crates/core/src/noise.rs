@@ -6,12 +6,17 @@
 //! uploaded). Standard normals come from the Box–Muller transform of pairs of uniforms
 //! `u = (x >> 11) · 2⁻⁵³` built from 64-bit outputs `x`: `z₀ = √(−2 ln(1 − u₁)) cos(2π u₂)`,
 //! `z₁ = √(−2 ln(1 − u₁)) sin(2π u₂)`; an odd count drops the last `z₁`.
+//!
+//! A pair takes two 64-bit outputs, four of ChaCha's 32-bit words, so the stream can be cut
+//! into blocks that start at known word positions: [`SampleNoise`] fills the blocks of all its
+//! samples in parallel and gets the numbers the stream gives one after another.
 
 use std::ops::Range;
 
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha12Rng;
+use rayon::prelude::*;
 
 /// A source of standard normal noise for a batch of flattened samples.
 ///
@@ -126,11 +131,31 @@ impl NoiseSource for SampleNoise {
             self.len()
         );
         let mut out = vec![0.0; n * features];
-        for (rng, row) in self.rngs.iter_mut().zip(out.chunks_mut(features.max(1))) {
-            fill_normal(rng, row);
+        if features == 0 {
+            return out;
         }
+        let rows = out.par_chunks_mut(features).zip(self.rngs.par_iter_mut());
+        rows.for_each(|(row, rng)| fill_normal_in_blocks(rng, row));
         out
     }
+}
+
+/// Standard normal numbers per parallel task: an even count, so that every block starts a pair.
+const BLOCK: usize = 1 << 13;
+
+/// [`fill_normal`] from `rng`, in blocks of [`BLOCK`] numbers filled in parallel, each from a
+/// copy of the stream moved to the block's first word; `rng` ends where the sequential fill
+/// would leave it.
+fn fill_normal_in_blocks(rng: &mut ChaCha12Rng, out: &mut [f64]) {
+    let start = rng.get_word_pos();
+    // Two 64-bit outputs, four 32-bit words, a pair.
+    let words = |values: usize| 4 * values.div_ceil(2) as u128;
+    out.par_chunks_mut(BLOCK).enumerate().for_each(|(k, block)| {
+        let mut own = rng.clone();
+        own.set_word_pos(start + words(k * BLOCK));
+        fill_normal(&mut own, block);
+    });
+    rng.set_word_pos(start + words(out.len()));
 }
 
 /// Replays a fixed list of draws in order: the noise a reference implementation drew, so that
@@ -194,6 +219,23 @@ mod tests {
         let big_draws: Vec<Vec<f64>> = (0..3).map(|_| big.normal(64, 5)).collect();
         for draw in big_draws {
             assert_eq!(&draw[17 * 5..18 * 5], &one.normal(1, 5)[..]);
+        }
+    }
+
+    #[test]
+    fn parallel_blocks_give_the_sequential_stream() {
+        // Rows across three blocks, odd (the last pair is cut), drawn twice: the second draw
+        // must continue each stream where the first left it.
+        let features = 2 * BLOCK + 3;
+        let mut noise = SampleNoise::new(5, [0, 9]);
+        let draws = [noise.normal(2, features), noise.normal(2, features)];
+        for (row, sample) in [0, 9].into_iter().enumerate() {
+            let mut rng = sample_rng(5, sample);
+            for draw in &draws {
+                let mut expected = vec![0.0; features];
+                fill_normal(&mut rng, &mut expected);
+                assert_eq!(&draw[row * features..(row + 1) * features], &expected[..], "sample {sample}");
+            }
         }
     }
 
