@@ -234,7 +234,11 @@ mod tests {
             for draw in &draws {
                 let mut expected = vec![0.0; features];
                 fill_normal(&mut rng, &mut expected);
-                assert_eq!(&draw[row * features..(row + 1) * features], &expected[..], "sample {sample}");
+                assert_eq!(
+                    &draw[row * features..(row + 1) * features],
+                    &expected[..],
+                    "sample {sample}"
+                );
             }
         }
     }
