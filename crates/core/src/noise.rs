@@ -147,6 +147,10 @@ const BLOCK: usize = 1 << 13;
 /// copy of the stream moved to the block's first word; `rng` ends where the sequential fill
 /// would leave it.
 fn fill_normal_in_blocks(rng: &mut ChaCha12Rng, out: &mut [f64]) {
+    if out.len() <= BLOCK {
+        // One block: from the stream itself, without copying and moving it.
+        return fill_normal(rng, out);
+    }
     let start = rng.get_word_pos();
     // Two 64-bit outputs, four 32-bit words, a pair.
     let words = |values: usize| 4 * values.div_ceil(2) as u128;
