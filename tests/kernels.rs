@@ -72,6 +72,18 @@ fn convolutions() -> Vec<(Conv2dConfig, [usize; 4])> {
                 .with_stride([1, 2]),
             [1, 2, 6, 7],
         ),
+        // No padding, stride 2, patches that stop short of the last row and column.
+        (
+            Conv2dConfig::new([3, 4], [3, 3]).with_stride([2, 2]),
+            [2, 3, 8, 8],
+        ),
+        // Patches in the padding alone: the output is the bias.
+        (
+            Conv2dConfig::new([2, 3], [2, 2])
+                .with_padding(pad(3, 3, 0, 0))
+                .with_stride([4, 4]),
+            [2, 2, 2, 2],
+        ),
     ]
 }
 

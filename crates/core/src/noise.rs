@@ -228,22 +228,36 @@ mod tests {
 
     #[test]
     fn parallel_blocks_give_the_sequential_stream() {
-        // Rows across three blocks, odd (the last pair is cut), drawn twice: the second draw
-        // must continue each stream where the first left it.
-        let features = 2 * BLOCK + 3;
+        // Rows across three blocks, odd (the last pair is cut), drawn twice, after a short row
+        // and around uniforms: every draw must continue each stream where the last left it.
+        let long = 2 * BLOCK + 3;
         let mut noise = SampleNoise::new(5, [0, 9]);
-        let draws = [noise.normal(2, features), noise.normal(2, features)];
+        let short = noise.normal(2, 5);
+        let first = noise.normal(2, long);
+        let uniforms = noise.uniform(3);
+        let second = noise.normal(2, long);
         for (row, sample) in [0, 9].into_iter().enumerate() {
             let mut rng = sample_rng(5, sample);
-            for draw in &draws {
-                let mut expected = vec![0.0; features];
+            let mut expect = |draw: &[f64], len: usize| {
+                let mut expected = vec![0.0; len];
                 fill_normal(&mut rng, &mut expected);
                 assert_eq!(
-                    &draw[row * features..(row + 1) * features],
+                    &draw[row * len..(row + 1) * len],
                     &expected[..],
                     "sample {sample}"
                 );
-            }
+            };
+            expect(&short, 5);
+            expect(&first, long);
+            let u: Vec<f64> = (0..3).map(|_| uniform(&mut rng)).collect();
+            assert_eq!(&uniforms[row * 3..row * 3 + 3], &u[..], "sample {sample}");
+            let mut rest = vec![0.0; long];
+            fill_normal(&mut rng, &mut rest);
+            assert_eq!(
+                &second[row * long..(row + 1) * long],
+                &rest[..],
+                "sample {sample}"
+            );
         }
     }
 

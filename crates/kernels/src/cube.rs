@@ -119,6 +119,8 @@ fn product<B: Backend>(
 /// are a strided view `[B, C_in, H_out, W_out, k_h, k_w]`; ordered as
 /// `[B, C_in, k_h, k_w, H_out, W_out]`, one copy makes them the matrix.
 fn im2col<B: Backend>(x: FloatTensor<B>, p: &Patches) -> FloatTensor<B> {
+    // Each unfold appends its window as the last dimension, as flex's, cubecl's and fusion's
+    // `float_unfold` do (burn 0.22's trait documentation puts it beside the unfolded one).
     let ([kh, kw], [sh, sw]) = (p.kernel, p.stride);
     let rows = B::float_unfold(padded::<B>(x, p), 2, kh, sh);
     let windows = B::float_unfold(rows, 3, kw, sw);
@@ -127,14 +129,22 @@ fn im2col<B: Backend>(x: FloatTensor<B>, p: &Patches) -> FloatTensor<B> {
 }
 
 /// The input on the rows and columns the patches read: (H_out − 1)·s_h + k_h by
-/// (W_out − 1)·s_w + k_w from (−p_top, −p_left), zeros around the image, without the rows and
-/// columns no patch reaches. Without padding to add, a view of the input.
+/// (W_out − 1)·s_w + k_w from (−p_top, −p_left), zeros around the image. Without padding to
+/// read, the input itself: its windows stop at H_out and W_out on their own.
 fn padded<B: Backend>(x: FloatTensor<B>, p: &Patches) -> FloatTensor<B> {
     let span = |axis: usize| (p.output[axis] - 1) * p.stride[axis] + p.kernel[axis];
     let (span, begin) = ([span(0), span(1)], p.pad_begin);
+    if begin == [0, 0] && span[0] <= p.input[0] && span[1] <= p.input[1] {
+        return x;
+    }
+    let shape = Shape::new([p.batch, p.channels, span[0], span[1]]);
+    let zeros = B::float_zeros(shape, &x.device(), x.dtype().into());
     // The image rows (columns) inside the span: none where every patch lies in the padding.
     let kept = |axis: usize| p.input[axis].min(span[axis].saturating_sub(begin[axis]));
     let kept = [kept(0), kept(1)];
+    if kept.contains(&0) {
+        return zeros;
+    }
     let x = match kept == p.input {
         true => x,
         false => B::float_slice(
@@ -147,14 +157,6 @@ fn padded<B: Backend>(x: FloatTensor<B>, p: &Patches) -> FloatTensor<B> {
             ],
         ),
     };
-    if begin == [0, 0] && kept == span {
-        return x;
-    }
-    let shape = Shape::new([p.batch, p.channels, span[0], span[1]]);
-    let zeros = B::float_zeros(shape, &x.device(), x.dtype().into());
-    if kept.contains(&0) {
-        return zeros;
-    }
     let place = [0, 1].map(|axis| Slice::from(begin[axis]..begin[axis] + kept[axis]));
     B::float_slice_assign(zeros, &[Slice::full(), Slice::full(), place[0], place[1]], x)
 }
