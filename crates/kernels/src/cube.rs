@@ -58,7 +58,7 @@ impl CubeKernels for Cube {
 const PATCH_BUDGET: usize = 1 << 30;
 
 /// y = W · cols(x) + b, over as many images at a time as [`PATCH_BUDGET`] allows.
-pub(crate) fn lowered_conv2d<B: Backend>(
+fn lowered_conv2d<B: Backend>(
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     bias: FloatTensor<B>,
