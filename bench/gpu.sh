@@ -13,7 +13,9 @@
 # U-Net's batch-32 training step with burn's own (autotuned) convolution
 # (DIFFUSION_CUBE_CONV=direct) and then with ours lowered to matrix products (the default),
 # CONVS_ROUNDS rounds (1 by default) of the two runs, each of at most CONVS_S seconds (120 by
-# default; every run autotunes from scratch). `profile` times every
+# default; every run autotunes from scratch), then `diffusion bench kernels` on wgpu at batch 1
+# and 32 (burn's time over ours for each convolution layer, KERNELS_S seconds each, 60 by
+# default). `profile` times every
 # kernel of one U-Net and one DiT-S/2 training step at batch 32 through CubeCL's profiler
 # (its per-kernel summary tables, xz-compressed, in $OUT/profile-*.log.xz; PROFILE_MODELS,
 # PROFILE_WARMUP and PROFILE_S choose the models, warm-up steps and time limit; autotuning's
@@ -57,6 +59,12 @@ for round in $(seq "${CONVS_ROUNDS:-1}"); do
             --model ddpm-cifar10 --batch 32 --warmup 2 --iters 3 --backend wgpu 2>&1 \
             | tail -n 2 | tee -a "$OUT/convs.log"
     done
+done
+# Layer by layer, both convolutions in one process (one autotuning), at the batch of one-image
+# sampling and at the training batch: whether the lowering also pays where launches dominate.
+for batch in 1 32; do
+    timeout "${KERNELS_S:-60}" "$bin/diffusion" bench kernels --backend wgpu --batch "$batch" --iters 5 \
+        --json "$OUT/kernels-$batch.json" 2>&1 | tee "$OUT/kernels-$batch.log" | grep -E "batch|conv"
 done
 fi
 
