@@ -5,15 +5,18 @@
 # (bench/compare_pytorch.py), then the integration and CLI test suites on wgpu.
 #
 # Prepare on the build machine (x86-64), from the repository root:
-#   cargo build --release --workspace --all-targets
+#   cargo build --release --workspace --all-targets --features diffusion-cli/autotune-cache
 #   scripts/pack-gpu.sh            # stripped test binaries and the CLI into .dev/bin.tar.xz
+# The autotune cache (target/environment/ here) carries each shape's tuning from one process
+# to the next: without it every run spends its first minute, and more than its warm-up steps,
+# tuning.
 # and carry .dev (and .gl with the Vulkan loader, .whl with diffusers) to the GPU machine.
 # Each step has its own time limit so that a slow one cannot eat the others; logs go to $OUT.
 # Arguments name the steps to run (default: convs ceiling compare tests cli). `convs` times the
 # U-Net's batch-32 training step with burn's own (autotuned) convolution
 # (DIFFUSION_CUBE_CONV=direct) and then with ours lowered to matrix products (the default),
-# CONVS_ROUNDS rounds (1 by default) of the two runs, each of at most CONVS_S seconds (120 by
-# default; every run autotunes from scratch), then `diffusion bench kernels` on wgpu at batch 1
+# CONVS_ROUNDS rounds (2 by default) of the two runs, each of at most CONVS_S seconds (120 by
+# default; compare the last round, whose runs find every shape tuned), then `diffusion bench kernels` on wgpu at batch 1
 # and 32 (burn's time over ours for each convolution layer, KERNELS_S seconds each, 60 by
 # default). `profile` times every
 # kernel of one U-Net and one DiT-S/2 training step at batch 32 through CubeCL's profiler
@@ -52,7 +55,7 @@ want() { [[ " $steps " == *" $1 "* ]]; }
 
 if want convs; then
 step "U-Net on wgpu: burn's convolution against the lowered one"
-for round in $(seq "${CONVS_ROUNDS:-1}"); do
+for round in $(seq "${CONVS_ROUNDS:-2}"); do
     for conv in direct lowered; do
         printf '%s, round %s: ' "$conv" "$round" | tee -a "$OUT/convs.log"
         DIFFUSION_CUBE_CONV=$conv timeout "${CONVS_S:-120}" "$bin/diffusion" bench train \

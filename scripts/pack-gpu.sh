@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Packs what bench/gpu.sh runs on a GPU machine without a Rust toolchain: the integration and
 # CLI test binaries and the `diffusion` CLI, stripped and compressed into .dev/bin.tar.xz
-# (about 33 MB). Run after `cargo build --release --workspace --all-targets`.
+# (about 33 MB), built with cubecl's on-disk autotuning cache (`diffusion-cli/autotune-cache`) so
+# that bench/gpu.sh's steps, each a new process, tune each shape once. Run after
+# `cargo build --release --workspace --all-targets --features diffusion-cli/autotune-cache`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"
 stage="$(mktemp -d)"
 mkdir -p "$stage/bin" .dev
-cargo test --release --workspace --no-run --message-format=json 2>/dev/null \
+cargo test --release --workspace --features diffusion-cli/autotune-cache --no-run --message-format=json 2>/dev/null \
     | python3 -c '
 import json, sys
 for line in sys.stdin:
