@@ -7,22 +7,22 @@
 # Prepare on the build machine (x86-64), from the repository root:
 #   cargo build --release --workspace --all-targets --features diffusion-cli/autotune-cache
 #   scripts/pack-gpu.sh            # stripped test binaries and the CLI into .dev/bin.tar.xz
-# The autotune cache (target/environment/ here) carries each shape's tuning from one process
+# and carry .dev (and .gl with the Vulkan loader, .whl with diffusers) to the GPU machine.
+# The autotune cache (target/environment/ there) carries each shape's tuning from one process
 # to the next: without it every run spends its first minute, and more than its warm-up steps,
 # tuning.
-# and carry .dev (and .gl with the Vulkan loader, .whl with diffusers) to the GPU machine.
 # Each step has its own time limit so that a slow one cannot eat the others; logs go to $OUT.
 # Arguments name the steps to run (default: convs ceiling compare tests cli). `convs` times the
 # U-Net's batch-32 training step with burn's own (autotuned) convolution
 # (DIFFUSION_CUBE_CONV=direct) and then with ours lowered to matrix products (the default),
 # CONVS_ROUNDS rounds (2 by default) of the two runs, each of at most CONVS_S seconds (120 by
-# default; compare the last round, whose runs find every shape tuned), then `diffusion bench kernels` on wgpu at batch 1
-# and 32 (burn's time over ours for each convolution layer, KERNELS_S seconds each, 60 by
-# default). `profile` times every
-# kernel of one U-Net and one DiT-S/2 training step at batch 32 through CubeCL's profiler
-# (its per-kernel summary tables, xz-compressed, in $OUT/profile-*.log.xz; PROFILE_MODELS,
-# PROFILE_WARMUP and PROFILE_S choose the models, warm-up steps and time limit; autotuning's
-# own probes fill the first minute, CUBECL_AUTOTUNE_LEVEL=minimal shortens it).
+# default; compare the last round, whose runs find every shape tuned), then `diffusion bench
+# kernels` on wgpu at batch 1 and 32 (burn's time over ours for each convolution layer,
+# KERNELS_S seconds each, 60 by default). `profile` times every kernel of one U-Net and one
+# DiT-S/2 training step at batch 32 through CubeCL's profiler (its per-kernel summary tables,
+# xz-compressed, in $OUT/profile-*.log.xz; PROFILE_MODELS, PROFILE_WARMUP and PROFILE_S choose
+# the models, warm-up steps and time limit; autotuning's own probes fill the first minute,
+# CUBECL_AUTOTUNE_LEVEL=minimal shortens it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-out}"
