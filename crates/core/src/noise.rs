@@ -238,26 +238,21 @@ mod tests {
         let second = noise.normal(2, long);
         for (row, sample) in [0, 9].into_iter().enumerate() {
             let mut rng = sample_rng(5, sample);
-            let mut expect = |draw: &[f64], len: usize| {
+            // The row's next `len` normals of its own stream, drawn one at a time.
+            let expect = |rng: &mut ChaCha12Rng, draw: &[f64], len: usize| {
                 let mut expected = vec![0.0; len];
-                fill_normal(&mut rng, &mut expected);
+                fill_normal(rng, &mut expected);
                 assert_eq!(
                     &draw[row * len..(row + 1) * len],
                     &expected[..],
                     "sample {sample}"
                 );
             };
-            expect(&short, 5);
-            expect(&first, long);
+            expect(&mut rng, &short, 5);
+            expect(&mut rng, &first, long);
             let u: Vec<f64> = (0..3).map(|_| uniform(&mut rng)).collect();
             assert_eq!(&uniforms[row * 3..row * 3 + 3], &u[..], "sample {sample}");
-            let mut rest = vec![0.0; long];
-            fill_normal(&mut rng, &mut rest);
-            assert_eq!(
-                &second[row * long..(row + 1) * long],
-                &rest[..],
-                "sample {sample}"
-            );
+            expect(&mut rng, &second, long);
         }
     }
 
