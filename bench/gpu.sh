@@ -93,7 +93,10 @@ prof="$(mktemp -d)"
 exe="$(realpath "$bin/diffusion")"
 for model in ${PROFILE_MODELS:-ddpm-cifar10 dit-s-2}; do
     extra=""; [ "$model" = dit-s-2 ] && extra="--in-channels 3 --classes 10"
-    printf '[profiling.logger]\nlevel = "basic"\nfile = "%s/%s.log"\nappend = false\n' "$prof" "$model" > "$prof/cubecl.toml"
+    # Run from $prof for its cubecl.toml, but keep the repository's autotune cache: outside a
+    # cargo workspace cubecl would open a fresh one under ~/.cache and tune every shape again.
+    printf '[profiling.logger]\nlevel = "basic"\nfile = "%s/%s.log"\nappend = false\n\n[environment]\npath = { directory = "%s/target/environment" }\n' \
+        "$prof" "$model" "$root" > "$prof/cubecl.toml"
     (cd "$prof" && timeout "${PROFILE_S:-60}" "$exe" bench train --model "$model" $extra \
         --batch 32 --warmup "${PROFILE_WARMUP:-2}" --iters 1 --backend wgpu 2>&1 | tee "$OUT/profile-$model.txt")
     [ -f "$prof/$model.log" ] && { xz -T0 -c "$prof/$model.log" > "$OUT/profile-$model.log.xz" || gzip -c "$prof/$model.log" > "$OUT/profile-$model.log.gz"; }
