@@ -4,10 +4,11 @@
 # wgpu, the U-Net and DiT steps on wgpu against PyTorch CUDA
 # (bench/compare_pytorch.py), then the integration and CLI test suites on wgpu.
 #
-# Prepare on the build machine (x86-64), from the repository root:
-#   cargo build --release --workspace --all-targets --features diffusion-cli/autotune-cache
-#   scripts/pack-gpu.sh            # stripped test binaries and the CLI into .dev/bin.tar.xz
-# and carry .dev (and .gl with the Vulkan loader, .whl with diffusers) to the GPU machine.
+# Prepare on the build machine (x86-64), from the repository root, with scripts/prepare-gpu.sh:
+# it builds with the autotune cache, packs the stripped test binaries and the CLI into
+# .dev/bin.tar.xz (scripts/pack-gpu.sh), and fetches the Vulkan loader into .gl and diffusers
+# into .whl; carry the three folders to the GPU machine. Its header gives a device call that
+# fits a 15-minute lease.
 # The autotune cache (target/environment/ there) carries each shape's tuning from one process
 # to the next: without it every run spends its first minute, and more than its warm-up steps,
 # tuning.
@@ -109,11 +110,12 @@ timeout "${COMPARE_S:-200}" python3 bench/compare_pytorch.py --binary "$bin/diff
     --iters 10 --warmup 3 --rounds 1 --out "$OUT/compare.json" 2>&1 | tee "$OUT/compare.log"
 fi
 
-if want tests; then
+packed() { [ -x "$bin/$1" ] || { echo "$1 was not packed (scripts/pack-gpu.sh $1)"; false; }; }
+if want tests && packed integration; then
 step "integration tests on wgpu"
 DIFFUSION_BACKEND=wgpu timeout "${TESTS_S:-210}" "$bin/integration" 2>&1 | tee "$OUT/tests-integration.log" | tail -n 40
 fi
-if want cli; then
+if want cli && packed cli; then
 step "CLI tests on wgpu"
 DIFFUSION_BACKEND=wgpu timeout "${CLI_S:-90}" "$bin/cli" 2>&1 | tee "$OUT/tests-cli.log" | tail -n 20
 fi
