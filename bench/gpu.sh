@@ -23,7 +23,8 @@
 # DiT-S/2 training step at batch 32 through CubeCL's profiler (its per-kernel summary tables,
 # xz-compressed, in $OUT/profile-*.log.xz; PROFILE_MODELS, PROFILE_WARMUP and PROFILE_S choose
 # the models, warm-up steps and time limit; autotuning's own probes fill the first minute,
-# CUBECL_AUTOTUNE_LEVEL=minimal shortens it).
+# CUBECL_AUTOTUNE_LEVEL=minimal shortens it). `compare` takes COMPARE_CASES (by default the
+# U-Net's batch-32 steps first, whose shapes `convs` has tuned) within COMPARE_S seconds (200).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-/tmp/gpu-out}"
@@ -107,7 +108,8 @@ fi
 if want compare; then
 step "U-Net and DiT steps: wgpu against PyTorch CUDA"
 timeout "${COMPARE_S:-200}" python3 bench/compare_pytorch.py --binary "$bin/diffusion" --backend wgpu --device cuda \
-    --iters 10 --warmup 3 --rounds 1 --out "$OUT/compare.json" 2>&1 | tee "$OUT/compare.log"
+    --iters 10 --warmup 3 --rounds 1 --cases ${COMPARE_CASES:-unet-train-32 unet-sample-32 unet-train-8 dit-train-32} \
+    --out "$OUT/compare.json" 2>&1 | tee "$OUT/compare.log"
 fi
 
 packed() { [ -x "$bin/$1" ] || { echo "$1 was not packed (scripts/pack-gpu.sh $1)"; false; }; }
