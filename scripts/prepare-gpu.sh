@@ -11,9 +11,11 @@
 #                    (PyTorch and the rest are there), for bench/compare_pytorch.py.
 # The three folders are ignored through .git/info/exclude, so they travel only when carried.
 # Then, with the device tool, one call that fits a 15-minute lease (machine start included):
-#   run(command="CONVS_S=90 KERNELS_S=40 COMPARE_S=200 bash bench/gpu.sh convs compare",
+#   run(command="CONVS_S=100 KERNELS_S=30 COMPARE_S=150 bash bench/gpu.sh convs compare",
 #       carry=[".dev", ".gl", ".whl"], timeout_s=600)
-# and read $OUT/convs.log, kernels-*.json and compare.json.
+# and read $OUT/convs.log, kernels-*.json and compare.json. Expect about 7 minutes: the first
+# round of `convs` tunes (about a minute a run on an H100), the rest reuse the cache. Every step
+# writes its log to $OUT as it goes, so a call cut at 600 s keeps what the steps measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
