@@ -5,10 +5,10 @@
 # (bench/compare_pytorch.py), then the integration and CLI test suites on wgpu.
 #
 # Prepare on the build machine (x86-64), from the repository root, with scripts/prepare-gpu.sh:
-# it builds with the autotune cache, packs the stripped test binaries and the CLI into
-# .dev/bin.tar.xz (scripts/pack-gpu.sh), and fetches the Vulkan loader into .gl and diffusers
-# into .whl; carry the three folders to the GPU machine. Its header gives a device call that
-# fits a 15-minute lease.
+# it builds with the autotune cache, packs the stripped CLI (and with PACK the test binaries)
+# into .dev/bin.tar.xz (scripts/pack-gpu.sh), and fetches the Vulkan loader into .gl and
+# diffusers into .whl; carry the three folders to the GPU machine. Its header gives a device
+# call that fits a 15-minute lease.
 # The autotune cache (target/environment/ there) carries each shape's tuning from one process
 # to the next: without it every run spends its first minute, and more than its warm-up steps,
 # tuning.

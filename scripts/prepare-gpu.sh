@@ -5,7 +5,7 @@
 #                    (scripts/pack-gpu.sh; `PACK="diffusion integration cli"` adds the test
 #                    binaries, 42 MB in all, which leaves no room for .whl under the device
 #                    tool's 64 MiB: run the tests in a call of their own);
-#   .gl/             the Vulkan loader's Debian packages (the machine has NVIDIA's driver and its
+#   .gl/             the Vulkan loader's Debian package (the machine has NVIDIA's driver and its
 #                    Vulkan ICD, not always the loader);
 #   .whl/            diffusers and the two packages it needs that the machine's image lacks
 #                    (PyTorch and the rest are there), for bench/compare_pytorch.py.
@@ -26,7 +26,7 @@ done
 cargo build --release --workspace --all-targets --features diffusion-cli/autotune-cache
 scripts/pack-gpu.sh ${PACK:-diffusion}
 
-# The machine is x86-64 whatever this one is.
+# The GPU machine's processor is x86-64: ask apt for that architecture whatever this one's is.
 mkdir -p .gl /tmp/apt-amd64/partial
 apt_amd64=(-oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/apt-amd64)
 apt-get "${apt_amd64[@]}" update -qq
