@@ -144,7 +144,7 @@ def main():
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--cases", nargs="+", default=list(CASES))
+    ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--dit-repo", default=None, help="a checkout of facebookresearch/DiT (default: diffusers' DiT)")
     ap.add_argument("--device", default="cpu", help="PyTorch's device: cpu, or cuda (pair with --backend wgpu|cuda)")
     ap.add_argument("--tf32", action="store_true",
